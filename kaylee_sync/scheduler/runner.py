@@ -1,0 +1,311 @@
+"""The scheduler loop: read specs and fleet, decide per unit, act, report.
+
+A pass reads everything it needs in a handful of range requests (specs, restart
+generations and rollout status from etcd v3; units and states from fleet), asks
+:func:`~kaylee_sync.scheduler.decide.decide` what each Kaylee unit needs next, carries
+out those non-blocking steps and records each unit's rollout under
+``scheduler/rollouts/<name>``. Passes run when ``units/`` or ``restart/`` change (a
+watch), every second while anything is moving, on every ``resync`` period, and when
+this process becomes leader.
+
+Safety: a pass that cannot read all specs does nothing (never destroy from partial
+data); an entry that fails validation leaves that unit's fleet units alone; fleet
+units without our prefix are never touched; leadership is re-checked before every write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kaylee_sync.errors import FleetError, KayleeError, SpecError, StoreError
+from kaylee_sync.fleet.model import LAUNCHED, LOADED, FleetUnit, UnitState
+from kaylee_sync.fleet.protocol import FleetClient
+from kaylee_sync.render import UnitName, parse_unit_name
+from kaylee_sync.scheduler.decide import (
+    Action,
+    Create,
+    Decision,
+    Destroy,
+    Launch,
+    Stop,
+    Timers,
+    Timing,
+    UnitView,
+    decide,
+    is_running,
+)
+from kaylee_sync.spec.loader import parse_stored
+from kaylee_sync.spec.model import UnitSpec
+from kaylee_sync.store import Store, keys
+
+log = logging.getLogger(__name__)
+
+QUIET_PHASES = frozenset({"steady", "failed", "deleted"})
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    unit_prefix: str = "k2"
+    """Only fleet units named ``<unit_prefix>:…`` are ours (the original's ``--unit-prefix``)."""
+    stable: float = 10.0
+    """Seconds a new replica must stay ``running`` before an old one is retired."""
+    rollout_timeout: float = 300.0
+    """Seconds a new replica may take to become stable before the rollout fails."""
+    destroy_timeout: float = 30.0
+    """Seconds to wait for ``dead`` after stopping a unit before destroying it anyway."""
+    resync: float = 60.0
+    """Seconds between full passes when nothing is happening (the safety net)."""
+    active_interval: float = 1.0
+    """Seconds between passes while a rollout, scale or delete is under way."""
+
+    @property
+    def timing(self) -> Timing:
+        return Timing(self.stable, self.rollout_timeout, self.destroy_timeout)
+
+
+class Scheduler:
+    """Reconciles ``units/*`` into fleet units. Only run passes while leader."""
+
+    def __init__(
+        self,
+        store: Store,
+        fleet: FleetClient,
+        settings: SchedulerSettings | None = None,
+        *,
+        is_leader: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.fleet = fleet
+        self.settings = settings or SchedulerSettings()
+        self.is_leader = is_leader
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.timers = Timers()
+        self._wake = threading.Event()
+        self._specs: dict[tuple[str, int], UnitSpec | SpecError] = {}
+        self._reported: dict[str, dict[str, Any]] = {}
+
+    # -- triggers ----------------------------------------------------------------------
+
+    def trigger(self) -> None:
+        """Ask for a pass as soon as possible (coalesced)."""
+        self._wake.set()
+
+    def became_leader(self) -> None:
+        """Forget what a previous term remembered and reconcile everything now."""
+        self.timers = Timers()
+        self._reported.clear()
+        self.trigger()
+
+    # -- one pass ----------------------------------------------------------------------
+
+    def run_pass(self) -> list[Decision]:
+        """One full reconciliation. Raises StoreError/FleetError if reading fails."""
+        now = self.clock()
+        specs, broken = self._read_specs()
+        generations = self._read_ints(keys.RESTART)
+        reports = self._read_reports()
+        units = self.fleet.units()
+        states: dict[str, list[UnitState]] = {}
+        for state in self.fleet.unit_states():
+            states.setdefault(state.name, []).append(state)
+
+        ours: dict[str, list[tuple[UnitName, FleetUnit]]] = {}
+        for unit in units:
+            parsed = parse_unit_name(unit.name, self.settings.unit_prefix)
+            if parsed is not None:
+                ours.setdefault(parsed.unit, []).append((parsed, unit))
+        all_ours = [u for members in ours.values() for _, u in members]
+        running = [u.name for u in all_ours if is_running(states.get(u.name, ()))]
+        self.timers.observe(all_ours, running, now)
+        self._seed_created_at(reports, now)
+
+        decisions: list[Decision] = []
+        for name in sorted((specs.keys() | ours.keys()) - broken):
+            view = UnitView(
+                name=name,
+                prefix=self.settings.unit_prefix,
+                spec=specs.get(name),
+                generation=generations.get(name, 0),
+                units=ours.get(name, []),
+                states=states,
+                failed_hash=str(reports.get(name, {}).get("failed_hash", "")),
+            )
+            decision = decide(view, self.timers, now, self.settings.timing)
+            if not self.is_leader():
+                log.warning("leadership lost: abandoning the scheduler pass")
+                return decisions
+            self._act(decision)
+            self._report(decision, reports.get(name))
+            decisions.append(decision)
+        return decisions
+
+    def _read_specs(self) -> tuple[dict[str, UnitSpec], set[str]]:
+        specs: dict[str, UnitSpec] = {}
+        broken: set[str] = set()
+        seen: dict[tuple[str, int], UnitSpec | SpecError] = {}
+        for stored in self.store.list_units():
+            name = stored.key.removeprefix(keys.UNITS)
+            cache_key = (stored.key, stored.mod_revision)
+            parsed = self._specs.get(cache_key)
+            if parsed is None:
+                try:
+                    parsed = parse_stored(stored.value, stored.key, expected_name=name)
+                except SpecError as exc:
+                    parsed = exc
+                    log.error("%s is invalid; leaving its fleet units alone: %s", stored.key, exc)
+            seen[cache_key] = parsed
+            if isinstance(parsed, SpecError):
+                broken.add(name)
+            else:
+                specs[name] = parsed
+        self._specs = seen
+        return specs, broken
+
+    def _read_ints(self, area: str) -> dict[str, int]:
+        out = {}
+        for stored in self.store.get_prefix(area):
+            try:
+                out[stored.key.removeprefix(area)] = int(stored.value or b"0")
+            except ValueError:
+                log.error("%s is not an integer: ignored", stored.key)
+        return out
+
+    def _read_reports(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for stored in self.store.get_prefix(keys.ROLLOUTS):
+            try:
+                out[stored.key.removeprefix(keys.ROLLOUTS)] = json.loads(stored.value)
+            except ValueError:
+                continue
+        return out
+
+    def _seed_created_at(self, reports: dict[str, dict[str, Any]], now: float) -> None:
+        """After a failover, carry over when pending units were created (for the timeout)."""
+        wall_now = self.wall_clock()
+        for report in reports.values():
+            for name, created_wall in (report.get("created") or {}).items():
+                if name in self.timers.created_at and isinstance(created_wall, int | float):
+                    seeded = now - max(0.0, wall_now - created_wall)
+                    self.timers.created_at[name] = min(self.timers.created_at[name], seeded)
+
+    # -- acting and reporting ----------------------------------------------------------
+
+    def _act(self, decision: Decision) -> None:
+        for action in decision.actions:
+            if not self.is_leader():
+                return
+            try:
+                self._apply(action)
+            except FleetError as exc:
+                # One unit's trouble must not stop the others: the next pass retries.
+                log.error("%s: %s failed: %s", decision.unit, _describe(action), exc)
+                return
+            log.info("%s: %s", decision.unit, _describe(action))
+
+    def _apply(self, action: Action) -> None:
+        match action:
+            case Create(name=name, options=options):
+                self.fleet.create_unit(name, options, LAUNCHED)
+                self.timers.created_at[name] = self.clock()
+            case Launch(name=name):
+                self.fleet.set_target_state(name, LAUNCHED)
+            case Stop(name=name):
+                self.fleet.set_target_state(name, LOADED)
+                self.timers.stop_requested_at[name] = self.clock()
+            case Destroy(name=name):
+                self.fleet.destroy_unit(name)
+
+    def _report(self, decision: Decision, previous: dict[str, Any] | None) -> None:
+        key = keys.rollout_key(decision.unit)
+        if decision.phase == "deleted":
+            if previous is not None:
+                self.store.delete(key)
+            return
+        wall_now = self.wall_clock()
+        pending = {
+            name: round(wall_now - (self.clock() - created), 3)
+            for name, created in self.timers.created_at.items()
+            if f":{decision.unit}:{decision.hash6}:" in name
+            and name not in self.timers.running_since
+        }
+        report: dict[str, Any] = {
+            "phase": decision.phase,
+            "hash6": decision.hash6,
+            "desired": decision.desired,
+            "running": decision.running,
+            "message": decision.message,
+            "failed_hash": decision.failed_hash,
+            "created": pending,
+        }
+        comparable = previous and {k: v for k, v in previous.items() if k != "updated"}
+        if comparable == report:
+            return
+        if report["message"] != (previous or {}).get("message") and report["message"]:
+            log.info("%s: %s: %s", decision.unit, decision.phase, decision.message)
+        report["updated"] = wall_now
+        self.store.put(key, json.dumps(report, sort_keys=True))
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Pass after pass until ``stop`` is set; errors are logged and retried."""
+        watcher = threading.Thread(target=self._watch, args=(stop,), daemon=True)
+        watcher.start()
+        busy = True
+        while not stop.is_set():
+            self._wake.clear()
+            if self.is_leader():
+                try:
+                    decisions = self.run_pass()
+                    busy = any(d.phase not in QUIET_PHASES for d in decisions)
+                except (StoreError, FleetError) as exc:
+                    log.error("scheduler pass failed, retrying: %s", exc)
+                    busy = True
+            wait = self.settings.active_interval if busy else self.settings.resync
+            self._wake.wait(wait)
+        self._wake.set()
+
+    def _watch(self, stop: threading.Event) -> None:
+        """Trigger a pass on every change under units/ and restart/ (re-watching on errors)."""
+        while not stop.is_set():
+            broken = threading.Event()
+            cancels = []
+            try:
+                for area in (keys.UNITS, keys.RESTART):
+                    events, cancel = self.store.watch_prefix(area)
+                    cancels.append(cancel)
+                    threading.Thread(
+                        target=self._pump, args=(events, broken), daemon=True, name=f"watch-{area}"
+                    ).start()
+                self.trigger()  # anything that changed before the watch started
+                while not stop.is_set() and not broken.is_set():
+                    stop.wait(0.5)
+            except KayleeError as exc:
+                log.warning("watching etcd failed, retrying: %s", exc)
+                stop.wait(1.0)
+            finally:
+                for cancel in cancels:
+                    cancel()
+
+    def _pump(self, events: Any, broken: threading.Event) -> None:
+        try:
+            for _ in events:
+                self.trigger()
+        except KayleeError as exc:
+            log.warning("etcd watch ended: %s", exc)
+        finally:
+            broken.set()
+
+
+def _describe(action: Action) -> str:
+    verb = {Create: "create", Launch: "launch", Stop: "stop", Destroy: "destroy"}[type(action)]
+    return f"{verb} {action.name}"
