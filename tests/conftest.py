@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from kaylee_sync.embedded_etcd import EmbeddedEtcd
+from kaylee_sync.settings import EtcdSettings
+from kaylee_sync.store import Store
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -30,3 +32,16 @@ def etcd_endpoint(etcd_server: EmbeddedEtcd) -> str:
 def etcd_prefix() -> str:
     """A key prefix no other test uses, so tests share one server without interfering."""
     return f"/test-{uuid.uuid4().hex[:12]}/kaylee2"
+
+
+@pytest.fixture
+def etcd_settings(etcd_endpoint: str, etcd_prefix: str) -> EtcdSettings:
+    """Settings for the session etcd under this test's own prefix (2 s timeout)."""
+    return EtcdSettings(endpoints=(etcd_endpoint,), prefix=etcd_prefix, timeout=2.0)
+
+
+@pytest.fixture
+def store(etcd_settings: EtcdSettings) -> Iterator[Store]:
+    """A Store on the session etcd, confined to this test's prefix."""
+    with Store(etcd_settings) as opened:
+        yield opened

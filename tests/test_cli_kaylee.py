@@ -163,7 +163,7 @@ def test_subprocess_unreachable_etcd_is_one_line_without_traceback(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     done = subprocess.run(
         [kaylee_script(), "--etcd-endpoints", dead, "--etcd-timeout", "1",
-         "--etcd-password", "s3cret-pw", "ls"],
+         "--etcd-username", "kaylee", "--etcd-password", "s3cret-pw", "ls"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1

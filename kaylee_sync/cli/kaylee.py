@@ -32,7 +32,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KAYLEE"
 @click.version_option(__version__, "--version", "-v", prog_name="kaylee")
 @etcd_options
 @click.pass_context
-def cli(ctx: click.Context, **params: Any) -> None:
+def cli(ctx: click.Context, /, **params: Any) -> None:
     """Container orchestration for fleet: the original Kaylee command line.
 
     \b

@@ -1,0 +1,77 @@
+"""The fleet flags (driver, endpoints, prefixes) and the client they describe.
+
+The original's ``server`` flags (``--fleet-prefix``, ``--unit-prefix``) keep their names
+and defaults; ``--fleet-driver`` picks fleet's etcd registry (the original's way, the
+default) or fleetd's HTTP API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from kaylee_sync.fleet.protocol import FleetClient
+from kaylee_sync.settings import EtcdSettings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_FLEET_PREFIX = "/_coreos.com/fleet/"
+DEFAULT_API_ENDPOINT = "unix:///var/run/fleet.sock"
+
+
+def fleet_options(func: F) -> F:
+    options = [
+        click.option(
+            "--fleet-driver",
+            type=click.Choice(["etcd", "api"]),
+            default="etcd",
+            show_default=True,
+            help="etcd: fleet's registry in etcd (v2 API), as the original; api: fleetd's HTTP API.",
+        ),
+        click.option(
+            "--fleet-endpoints",
+            help="etcd endpoints of fleet's registry (etcd driver); default: --etcd-endpoints.",
+        ),
+        click.option(
+            "--fleet-endpoint",
+            default=DEFAULT_API_ENDPOINT,
+            show_default=True,
+            help="fleetd's API (api driver): unix:///path or http(s)://host:port.",
+        ),
+        click.option(
+            "--fleet-prefix",
+            default=DEFAULT_FLEET_PREFIX,
+            show_default=True,
+            help="Keyspace for fleet data in etcd.",
+        ),
+        click.option(
+            "--unit-prefix", default="k2", show_default=True, help="Prefix for units in fleet."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def fleet_client(etcd: EtcdSettings, params: dict[str, Any]) -> FleetClient:
+    """The FleetClient that ``fleet_options`` describe (TLS and auth as for etcd v3)."""
+    if params["fleet_driver"] == "api":
+        from kaylee_sync.fleet.api import ApiDriver
+
+        return ApiDriver(params["fleet_endpoint"])
+    from kaylee_sync.fleet.etcd2 import Etcd2Client
+    from kaylee_sync.fleet.registry import RegistryDriver
+
+    endpoints = params["fleet_endpoints"] or ",".join(etcd.endpoints)
+    client = Etcd2Client(
+        endpoints,
+        ca_cert=etcd.ca_file,
+        cert=etcd.cert_file,
+        key=etcd.key_file,
+        username=etcd.username,
+        password=etcd.password,
+        timeout=etcd.timeout,
+    )
+    return RegistryDriver(client, params["fleet_prefix"])

@@ -1,0 +1,156 @@
+"""Settings as frozen dataclasses: the one place where a value's unit, default and reason live.
+
+Command-line options and environment variables only *fill these in* (see ``cli.common``);
+the layers below receive a validated settings object and never look at flags or the
+environment themselves. Validation happens in ``__post_init__`` so that a settings object
+built directly (in tests, in ``--dev``) is checked exactly like one built from flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+from kaylee_sync.errors import UsageError
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """How to reach the etcd v3 cluster that holds the ``/kaylee2`` keyspace."""
+
+    # The original Kaylee's default: etcd's legacy client port 4001 first, then 2379.
+    DEFAULT_ENDPOINTS: ClassVar[str] = "http://127.0.0.1:4001,http://127.0.0.1:2379"
+    DEFAULT_PREFIX: ClassVar[str] = "/kaylee2"
+
+    endpoints: tuple[str, ...] = tuple(DEFAULT_ENDPOINTS.split(","))
+    """Client URLs (``http://`` or ``https://``, host and port, no path). With more than one
+    the store fails over to the next when the current one cannot be reached."""
+
+    prefix: str = DEFAULT_PREFIX
+    """Key prefix of every kaylee key; normalised to a leading "/" and no trailing "/".
+    Default ``/kaylee2`` is the original Kaylee's, so both can share one cluster's data."""
+
+    ca_file: str | None = None
+    """PEM bundle of CAs that sign the etcd server certificates. None: the system roots
+    (only used with ``https://`` endpoints)."""
+
+    cert_file: str | None = None
+    """PEM client certificate, for servers started with ``--client-cert-auth``; needs
+    ``key_file``."""
+
+    key_file: str | None = None
+    """PEM private key of ``cert_file``."""
+
+    username: str | None = None
+    """etcd user (etcd's own auth, ``etcdctl user add``); needs ``password``."""
+
+    # repr=False: a settings object is logged and shown in tracebacks; the password never is.
+    password: str | None = field(default=None, repr=False)
+    """Password of ``username``. Never printed, logged or put in an error message."""
+
+    timeout: float = 5.0
+    """Seconds each etcd request (and connecting) may take before it fails. Default 5 s:
+    long enough for a loaded cluster, short enough that a dead endpoint is noticed and a
+    command line does not hang."""
+
+    def __post_init__(self) -> None:
+        # Frozen: normalised values are written once, here, through object.__setattr__.
+        object.__setattr__(self, "endpoints", tuple(_check_endpoint(e) for e in self.endpoints))
+        object.__setattr__(self, "prefix", _normalise_prefix(self.prefix))
+        if not self.endpoints:
+            raise UsageError("no etcd endpoint given (--etcd-endpoints)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise UsageError("--etcd-cert-file and --etcd-key-file must be given together")
+        if (self.username is None) != (self.password is None):
+            missing = "--etcd-password" if self.password is None else "--etcd-username"
+            raise UsageError(
+                f"etcd authentication needs both a user and a password: {missing} missing"
+            )
+        if self.username is not None and (not self.username or ":" in self.username):
+            raise UsageError("--etcd-username must be non-empty and must not contain ':'")
+        if self.uses_tls_files:
+            # A CA or client certificate only makes sense over TLS: refuse the mix rather than
+            # silently upgrading (or ignoring the files), so the operator sees the mistake.
+            plain = [e for e in self.endpoints if not e.startswith("https://")]
+            if plain:
+                raise UsageError(
+                    f"TLS files given but etcd endpoint {plain[0]} is plain http; use https://"
+                )
+        if not self.timeout > 0:
+            raise UsageError(f"--etcd-timeout must be positive, not {self.timeout}")
+
+    @classmethod
+    def from_endpoints_string(
+        cls,
+        endpoints: str = DEFAULT_ENDPOINTS,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 5.0,
+    ) -> EtcdSettings:
+        """Settings from the original's comma-separated ``--etcd-endpoints`` value.
+
+        Blank entries (a trailing comma, spaces around commas) are ignored; empty strings for
+        the optional values mean "not given", as an empty environment variable does.
+        """
+        urls = tuple(part.strip() for part in endpoints.split(",") if part.strip())
+        return cls(
+            endpoints=urls,
+            prefix=prefix,
+            ca_file=ca_file or None,
+            cert_file=cert_file or None,
+            key_file=key_file or None,
+            username=username or None,
+            password=password or None,
+            timeout=timeout,
+        )
+
+    @property
+    def uses_tls_files(self) -> bool:
+        return any(f is not None for f in (self.ca_file, self.cert_file, self.key_file))
+
+    @property
+    def endpoints_label(self) -> str:
+        """The endpoints as one would type them, for one-line error messages."""
+        return ",".join(self.endpoints)
+
+
+def _check_endpoint(url: str) -> str:
+    """Validate one endpoint URL; return it without a trailing "/"."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise UsageError(
+            f"etcd endpoint {url!r} must start with http:// or https:// "
+            "(e.g. http://127.0.0.1:2379)"
+        )
+    if parts.username is not None or parts.password is not None:
+        # Do not echo the URL: it holds a password.
+        raise UsageError(
+            "etcd endpoint URLs must not contain credentials; use --etcd-username and "
+            "KAYLEE_ETCD_PASSWORD"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"etcd endpoint {url!r} has an invalid port") from None
+    if not parts.hostname or port is None:
+        raise UsageError(f"etcd endpoint {url!r} must name a host and a port, e.g. :2379")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise UsageError(f"etcd endpoint {url!r} must not have a path, query or fragment")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _normalise_prefix(prefix: str) -> str:
+    normal = "/" + prefix.strip().strip("/")
+    if normal == "/":
+        # An empty prefix would mix kaylee's keys with everything else in the cluster
+        # (fleet's included) and make prefix scans return foreign keys.
+        raise UsageError("--etcd-prefix must name a key prefix such as /kaylee2, not the root")
+    if any(seg in ("", ".", "..") for seg in normal[1:].split("/")):
+        raise UsageError(f"--etcd-prefix {prefix!r} has an empty, '.' or '..' segment")
+    return normal

@@ -1,0 +1,82 @@
+"""The layout of the ``/kaylee2`` keyspace, and the one check that keeps keys inside it.
+
+Every key the store writes is built from a *relative* key such as ``units/web`` and the
+configured prefix. :func:`absolute_key` is the single place where a relative key is
+checked: a unit name arriving from a YAML file, a CLI argument or a webhook must never
+produce a key outside the prefix, nor a key that would be read back as a different unit.
+
+Layout (relative to the prefix, default ``/kaylee2``)::
+
+    units/<name>                 UnitSpec JSON (the original Kaylee's format)
+    master                       leader id, bound to the leader's lease
+    sync/inventory               JSON: repo, commit, managed units and their files
+    sync/status                  JSON: last attempt / last success, per-file errors
+    sync/suspended/<name>        JSON: who, when, why — git sync leaves <name> alone
+    restart/<name>               restart generation (a decimal integer)
+    scheduler/rollouts/<name>    JSON: the scheduler's rollout state for one unit
+                                 (phase, target spec hash, started, last error); it lets
+                                 a new leader report — and resume — a rollout in progress
+"""
+
+from __future__ import annotations
+
+from kaylee_sync.errors import UsageError
+
+UNITS = "units/"
+MASTER = "master"
+INVENTORY = "sync/inventory"
+STATUS = "sync/status"
+SUSPENDED = "sync/suspended/"
+RESTART = "restart/"
+ROLLOUTS = "scheduler/rollouts/"
+
+# Directories whose children are named by a unit name: exactly one segment below them.
+NAMED_AREAS = (UNITS, SUSPENDED, RESTART, ROLLOUTS)
+
+
+def unit_key(name: str) -> str:
+    return UNITS + name
+
+
+def suspended_key(name: str) -> str:
+    return SUSPENDED + name
+
+
+def restart_key(name: str) -> str:
+    return RESTART + name
+
+
+def rollout_key(name: str) -> str:
+    return ROLLOUTS + name
+
+
+def absolute_key(prefix: str, relative: str, *, is_prefix: bool = False) -> str:
+    """``prefix + "/" + relative``, after checking that ``relative`` stays inside the prefix.
+
+    Refused (UsageError): an absolute key, empty / "." / ".." segments, control characters,
+    and — below a named area such as ``units/`` — anything but a single segment, so that a
+    unit called ``a/b`` or ``../master`` cannot be written. etcd keys are not paths, but
+    other tools (and readers of ``etcdctl get --prefix`` output) treat them as such.
+    With ``is_prefix`` the key may be empty (the whole keyspace) or end with "/".
+    """
+    if relative.startswith("/"):
+        raise UsageError(f"key {relative!r} must be relative to the etcd prefix")
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in relative):
+        raise UsageError(f"key {relative!r} contains a control character")
+    body = relative[:-1] if is_prefix and relative.endswith("/") else relative
+    if body or not is_prefix:
+        segments = body.split("/")
+        if any(seg in ("", ".", "..") for seg in segments):
+            raise UsageError(f"key {relative!r} has an empty, '.' or '..' segment")
+        for area in NAMED_AREAS:
+            if relative.startswith(area) and len(segments) > area.count("/") + 1:
+                name = relative[len(area) :]
+                raise UsageError(f"name {name!r} must not contain '/'")
+    return f"{prefix}/{relative}"
+
+
+def relative_key(prefix: str, key: bytes) -> str:
+    """The relative form of an absolute key read from etcd (the inverse of absolute_key)."""
+    text = key.decode("utf-8", errors="replace")
+    start = prefix + "/"
+    return text[len(start) :] if text.startswith(start) else text
