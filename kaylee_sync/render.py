@@ -16,9 +16,10 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from kaylee_sync.errors import Issue, SpecError
 from kaylee_sync.spec.codec import spec_hash6
 from kaylee_sync.spec.model import UnitSpec, Volume
-from kaylee_sync.unitfile import UnitOption, serialize, unit_hash
+from kaylee_sync.unitfile import LINE_MAX, UnitOption, serialize, unit_hash
 
 DESIRED_STATE = "launched"
 
@@ -251,3 +252,47 @@ def _volume(k: int, volume: Volume, add: _AddOption) -> list[str]:
         f"--volume {name},kind=host,source={mount_dir}/{volume.source}",
         f"--mount volume={name},target={volume.path}",
     ]
+
+
+# Which unit file field a rendered option comes from, for error messages.
+_OPTION_FIELDS = {
+    "EnvironmentFile": "envFiles",
+    "Environment": "env",
+    "ExecStart": "apps",
+    "ExecStartPre": "apps",
+    "ExecStopPost": "volumes",
+    "MachineMetadata": "machine",
+    "Conflicts": "conflicts",
+}
+
+
+def render_issues(spec: UnitSpec, filename: str, prefix: str = "k2") -> list[Issue]:
+    """Problems visible only once rendered: a unit file line fleet would refuse.
+
+    go-systemd rejects (and systemd truncates) lines of LINE_MAX bytes or more; the
+    ``ExecStart`` line grows with every arg, volume and app, so no single field's limit
+    can prevent it. The last instance has the longest name, so it is the one checked.
+    """
+    unit = render_units(spec, prefix)[-1]
+    issues = []
+    for option in unit.options:
+        size = len(f"{option.name}={option.value}".encode("utf-8", "surrogatepass"))
+        if size >= LINE_MAX:
+            issues.append(
+                Issue(
+                    filename,
+                    0,
+                    _OPTION_FIELDS.get(option.name, "name"),
+                    f"renders a {option.name}= line of {size} bytes; fleet refuses lines of "
+                    f"{LINE_MAX} bytes or more (split the unit or shorten its arguments)",
+                )
+            )
+    return issues
+
+
+def check_renderable(spec: UnitSpec, filename: str, prefix: str = "k2") -> UnitSpec:
+    """``spec`` itself, or SpecError if it cannot be rendered into a unit fleet accepts."""
+    issues = render_issues(spec, filename, prefix)
+    if issues:
+        raise SpecError(issues)
+    return spec

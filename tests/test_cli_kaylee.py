@@ -89,14 +89,14 @@ def test_ls_lists_units_with_hash_and_json_format(kaylee, tmp_path):
     other.write_text("name: api\napps:\n- image: docker://nginx:1.25\n")
     assert kaylee("run", str(other)).exit_code == 0
 
-    table = kaylee("ls")
+    table = kaylee("ls", "--no-fleet")
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["UNIT", "REPLICAS", "HASH", "RESTARTS", "NOTE"]
-    assert [line.split()[0] for line in lines[1:]] == ["api", "countly"]
+    assert lines[0].split() == ["UNIT", "REPLICAS", "HASH", "FLEET", "UNIT", "MACHINE", "STATE"]
+    assert [line.split()[:2] for line in lines[1:]] == [["api", "0"], ["countly", "4"]]
     assert "160702" in table.stdout  # the spec hash of the README sample (vectors)
 
-    listing = json.loads(kaylee("ls", "--format", "json").stdout)
+    listing = json.loads(kaylee("ls", "--no-fleet", "--format", "json").stdout)
     assert [u["name"] for u in listing["units"]] == ["api", "countly"]
     countly = listing["units"][1]
     assert (countly["replicas"], countly["hash"], countly["restart_generation"]) == (4, "160702", 0)
@@ -107,7 +107,7 @@ def test_restart_bumps_the_generation_and_changes_the_hash(kaylee):
     first = kaylee("restart", "countly")
     assert first.exit_code == 0 and "generation 1" in first.output
     assert "generation 2" in kaylee("restart", "countly").output
-    countly = json.loads(kaylee("ls", "--format", "json").stdout)["units"][0]
+    countly = json.loads(kaylee("ls", "--no-fleet", "--format", "json").stdout)["units"][0]
     assert countly["restart_generation"] == 2
     assert countly["hash"] != "160702"
 
@@ -130,7 +130,7 @@ def test_unknown_unit_names_are_an_error(kaylee, command):
 def test_version_and_help_everywhere() -> None:
     runner = CliRunner()
     assert "kaylee, version" in runner.invoke(cli, ["--version"]).output
-    for args in ([], ["run"], ["ls"], ["restart"], ["rm"]):
+    for args in ([], ["run"], ["ls"], ["restart"], ["rm"], ["server"]):
         result = runner.invoke(cli, [*args, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, args
 
@@ -163,7 +163,7 @@ def test_subprocess_unreachable_etcd_is_one_line_without_traceback(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     done = subprocess.run(
         [kaylee_script(), "--etcd-endpoints", dead, "--etcd-timeout", "1",
-         "--etcd-username", "kaylee", "--etcd-password", "s3cret-pw", "ls"],
+         "--etcd-username", "kaylee", "--etcd-password", "s3cret-pw", "ls", "--no-fleet"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1

@@ -73,3 +73,12 @@ def test_render_as_a_subprocess() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["units"]) == 4
+
+
+def test_a_unit_whose_exec_start_line_fleet_would_refuse_is_rejected(tmp_path: Path) -> None:
+    long_args = "\n".join(f"  - --flag-{i}={'x' * 40}" for i in range(60))
+    big = tmp_path / "big.yaml"
+    big.write_text(f"name: big\napps:\n- image: docker://a\n  args:\n{long_args}\n")
+    result = CliRunner().invoke(cli, ["render", str(big)])
+    assert result.exit_code == 1
+    assert f"{big}: apps: renders a ExecStart= line of" in result.output

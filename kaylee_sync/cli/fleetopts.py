@@ -28,7 +28,7 @@ def fleet_options(func: F) -> F:
             type=click.Choice(["etcd", "api"]),
             default="etcd",
             show_default=True,
-            help="etcd: fleet's registry in etcd (v2 API), as the original; api: fleetd's HTTP API.",
+            help="etcd: fleet's registry in etcd (v2 API), as the original; api: fleetd's API.",
         ),
         click.option(
             "--fleet-endpoints",

@@ -13,16 +13,23 @@ from typing import Any
 import click
 
 from kaylee_sync import __version__
+from kaylee_sync.cli import listing
 from kaylee_sync.cli.common import (
     KayleeGroup,
     echo_json,
     etcd_options,
     etcd_settings_from,
+    setup_logging,
 )
-from kaylee_sync.errors import NotFoundError, SpecError
+from kaylee_sync.cli.fleetopts import fleet_client, fleet_options
+from kaylee_sync.election import ElectionSettings
+from kaylee_sync.errors import NotFoundError
+from kaylee_sync.render import check_renderable
+from kaylee_sync.scheduler.runner import SchedulerSettings
+from kaylee_sync.server import SchedulerServer
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.spec import spec_hash, to_json
-from kaylee_sync.spec.loader import load_unit_file, parse_stored
+from kaylee_sync.spec.loader import load_unit_file
 from kaylee_sync.store import Store
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KAYLEE"}
@@ -58,7 +65,7 @@ def run(ctx: click.Context, file: Path) -> None:
 
     The file is validated first; if it has any error, nothing is written.
     """
-    spec = load_unit_file(file)
+    spec = check_renderable(load_unit_file(file), str(file))
     value = to_json(spec)
     with _store(ctx) as store:
         revision = store.put_unit(spec.name, value)
@@ -66,6 +73,7 @@ def run(ctx: click.Context, file: Path) -> None:
 
 
 @cli.command(name="ls")
+@fleet_options
 @click.option(
     "--format",
     "fmt",
@@ -74,50 +82,24 @@ def run(ctx: click.Context, file: Path) -> None:
     show_default=True,
     help="Output format.",
 )
+@click.option("--no-fleet", is_flag=True, help="Do not ask fleet for its units and states.")
 @click.pass_context
-def ls(ctx: click.Context, fmt: str) -> None:
-    """List units, with their spec hash and restart generation."""
-    rows = []
+def ls(ctx: click.Context, /, fmt: str, no_fleet: bool, **params: Any) -> None:
+    """List units: their fleet units with machine and state, and rollout progress.
+
+    \b
+    Examples:
+      kaylee ls
+      kaylee ls --format json | jq '.units[] | {name, rollout}'
+    """
+    settings: EtcdSettings = ctx.obj
+    fleet = None if no_fleet else fleet_client(settings, params)
     with _store(ctx) as store:
-        leader = store.leader()
-        for stored in store.list_units():
-            name = stored.key.rsplit("/", 1)[-1]
-            row: dict[str, Any] = {"name": name, "revision": stored.mod_revision}
-            try:
-                spec = parse_stored(stored.value, stored.key)
-            except SpecError as exc:
-                row["error"] = str(exc.issues[0]) if exc.issues else str(exc)
-            else:
-                generation = store.restart_generation(name)
-                row.update(
-                    replicas=spec.replicas,
-                    hash=spec_hash(spec, generation)[:6],
-                    restart_generation=generation,
-                )
-            rows.append(row)
+        data = listing.collect(store, fleet, params["unit_prefix"])
     if fmt == "json":
-        echo_json({"leader": leader, "units": rows})
-        return
-    _print_table(rows)
-    click.echo(f"leader: {leader or '(none)'}", err=True)
-
-
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("UNIT", "REPLICAS", "HASH", "RESTARTS", "NOTE")
-    lines = [header]
-    for row in rows:
-        lines.append(
-            (
-                row["name"],
-                str(row.get("replicas", "")) if "error" not in row else "",
-                row.get("hash", ""),
-                str(row.get("restart_generation", "")),
-                row.get("error", ""),
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+        echo_json(data)
+    else:
+        listing.print_table(data)
 
 
 @cli.command()
@@ -142,6 +124,66 @@ def rm(ctx: click.Context, name: str) -> None:
             raise NotFoundError(f"no unit named {name!r} (see 'kaylee ls')")
         store.clear_restart(name)
     click.echo(f"unit {name} removed")
+
+
+@cli.command()
+@fleet_options
+@click.option(
+    "--lease-ttl",
+    type=click.IntRange(min=3),
+    default=10,
+    show_default=True,
+    help="Seconds the leader's etcd lease lives; a standby takes over within this.",
+)
+@click.option(
+    "--stable",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds a new replica must run before an old one is retired.",
+)
+@click.option(
+    "--rollout-timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds a new replica may take to run stably before the rollout fails.",
+)
+@click.option(
+    "--resync",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds between full reconciliations when nothing changes.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def server(ctx: click.Context, /, **params: Any) -> None:
+    """Run the scheduling server: turn units/* into fleet units (leader only).
+
+    Run one on several nodes: they elect a leader through etcd and only the leader
+    schedules. SIGTERM resigns at once so a standby takes over.
+
+    \b
+    Examples:
+      kaylee server
+      kaylee --etcd-endpoints https://10.0.0.1:2379 server --fleet-driver api
+    """
+    setup_logging(params["verbose"])
+    settings: EtcdSettings = ctx.obj
+    scheduler = SchedulerSettings(
+        unit_prefix=params["unit_prefix"],
+        stable=params["stable"],
+        rollout_timeout=params["rollout_timeout"],
+        resync=params["resync"],
+    )
+    election = ElectionSettings(
+        lease_ttl=params["lease_ttl"], safety_margin=max(1.0, params["lease_ttl"] / 5)
+    )
+    with Store(settings) as store:
+        app = SchedulerServer(store, fleet_client(settings, params), scheduler, election)
+        with app.signals():
+            app.run()
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import click
 
 from kaylee_sync import __version__
 from kaylee_sync.cli.common import KayleeGroup, echo_json
-from kaylee_sync.render import render_units
+from kaylee_sync.render import check_renderable, render_units
 from kaylee_sync.spec import spec_hash, to_json
 from kaylee_sync.spec.loader import load_unit_file
 
@@ -63,16 +63,14 @@ def render(file: Path, fmt: str, unit_prefix: str, restart_generation: int) -> N
       kaylee-sync render countly.yaml
       kaylee-sync render countly.yaml --format json | jq -r '.units[0].unit_file'
     """
-    spec = load_unit_file(file)
+    spec = check_renderable(load_unit_file(file), str(file), unit_prefix)
     units = render_units(spec, prefix=unit_prefix, generation=restart_generation)
     full_hash = spec_hash(spec, restart_generation)
     document: dict[str, Any] = {
         "json": to_json(spec),
         "hash": full_hash,
         "hash6": full_hash[:6],
-        "units": [
-            {"name": u.name, "unit_file": u.text, "fleet_unit_hash": u.hash} for u in units
-        ],
+        "units": [{"name": u.name, "unit_file": u.text, "fleet_unit_hash": u.hash} for u in units],
     }
     if fmt == "json":
         echo_json(document)

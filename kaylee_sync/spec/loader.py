@@ -1,0 +1,304 @@
+"""Loading unit specs from untrusted bytes: unit files (YAML or JSON) and etcd entries.
+
+Unit files come from any contributor's pull request, so loading is defensive: sizes are
+capped before reading, YAML is only *composed* (safe loader, no object construction) and
+the node tree is walked here, which lets us record the line of every field, count nodes
+so that alias bombs fail fast, reject duplicate keys (PyYAML keeps the last silently),
+merge keys and exotic tags, and keep YAML 1.1's surprises (``on`` is a boolean) visible.
+Every problem in a file is collected and raised together in one ``SpecError``.
+
+Decisions: JSON files take the YAML path (JSON is YAML here), so they get line numbers
+too. libyaml refuses surrogate escapes, which JSON writers use for characters beyond the
+BMP ("\\ud83d\\ude00"): in ``*.json`` files escaped pairs are joined first, lone ones stay
+refused. Merge keys (``<<``) are rejected rather than supported: one way to write a unit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from kaylee_sync.errors import Issue, SpecError
+from kaylee_sync.spec.codec import spec_from_dict
+from kaylee_sync.spec.model import UnitSpec
+from kaylee_sync.spec.validate import REPORTED, Opaque, check_shape, validate_spec
+
+MAX_BYTES = 1 << 20  # 1 MiB: far above any real unit file, small enough to hold in memory.
+NODE_BUDGET = 100_000  # nodes visited, aliases counted each time: a billion laughs stops here.
+MAX_DEPTH = 32  # a unit file nests four levels deep; more is an attack or a mistake.
+
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SAFE = yaml.SafeLoader("")  # only its scalar constructors are used, never its loader
+_TAG = "tag:yaml.org,2002:"
+_KINDS = {
+    "bool": "a boolean",
+    "int": "a number",
+    "float": "a number",
+    "null": "null",
+    "timestamp": "a date/time",
+    "merge": "a merge key",
+}
+
+
+# In JSON every backslash starts a two-character escape; consuming "\\." tokens in order
+# keeps an escaped backslash ("\\\\ud83d") from being read as the start of an escape.
+_JSON_ESCAPE = re.compile(r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|\\.")
+
+
+def _join_surrogate_escapes(text: str) -> str:
+    def join(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return m.group(0)
+        pair = chr(int(m.group(1), 16)) + chr(int(m.group(2), 16))
+        return pair.encode("utf-16", "surrogatepass").decode("utf-16")
+
+    return _JSON_ESCAPE.sub(join, text)
+
+
+class _Abort(Exception):
+    """Stops the walk when going on would be pointless or dangerous."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(reason)
+        self.line, self.reason = line, reason
+
+
+def _fail(filename: str, reason: str, line: int = 0, field: str = "") -> SpecError:
+    return SpecError([Issue(filename, line, field, reason)])
+
+
+def _decode(data: bytes, filename: str) -> str:
+    if len(data) > MAX_BYTES:
+        raise _fail(filename, f"is larger than {MAX_BYTES} bytes (1 MiB); refusing to read it")
+    if b"\0" in data:
+        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        raise _fail(filename, "contains a NUL byte; unit files are UTF-8 text", line)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise _fail(filename, "is not valid UTF-8 text", line) from exc
+
+
+class _Walker:
+    """Turns a composed YAML node tree into plain data, recording the line of each field."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.issues: list[Issue] = []
+        self.lines: dict[str, int] = {}
+        self.visited = 0
+
+    def issue(self, line: int, path: str, reason: str) -> None:
+        self.issues.append(Issue(self.filename, line, path, reason))
+
+    def walk(self, node: Node, path: str, depth: int) -> Any:
+        line = node.start_mark.line + 1
+        self.visited += 1
+        if self.visited > NODE_BUDGET:
+            raise _Abort(line, "YAML aliases expand to too many nodes")
+        if depth > MAX_DEPTH:
+            raise _Abort(line, f"nested more than {MAX_DEPTH} levels deep")
+        self.lines.setdefault(path, line)
+        if isinstance(node, MappingNode) and node.tag == _TAG + "map":
+            return self.mapping(node, path, depth)
+        if isinstance(node, SequenceNode) and node.tag == _TAG + "seq":
+            return [self.walk(n, f"{path}[{i}]", depth + 1) for i, n in enumerate(node.value)]
+        if isinstance(node, ScalarNode):
+            return self.scalar(node, path, line)
+        self.issue(line, path, f"unsupported YAML tag '{node.tag}'; use plain lists and mappings")
+        return REPORTED
+
+    def mapping(self, node: MappingNode, path: str, depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        prefix = f"{path}." if path else ""
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, ScalarNode):
+                self.issue(line, path, "keys must be plain strings, not lists or mappings")
+                continue
+            key, tag = key_node.value, key_node.tag.removeprefix(_TAG)
+            if tag == "merge":
+                self.issue(
+                    line,
+                    prefix + key,
+                    "YAML merge keys ('<<') are not supported; write the fields out",
+                )
+                continue
+            if tag not in ("str", "value"):
+                kind = _KINDS.get(tag, f"tagged '{key_node.tag}'")
+                self.issue(
+                    line,
+                    prefix + key,
+                    f"key '{key}' is read as {kind} in YAML; field names are strings",
+                )
+                continue
+            if key in out:
+                first = self.lines[prefix + key]
+                self.issue(line, prefix + key, f"duplicate key '{key}' (first at line {first})")
+                continue
+            self.lines[prefix + key] = line
+            out[key] = self.walk(value_node, prefix + key, depth + 1)
+        return out
+
+    def scalar(self, node: ScalarNode, path: str, line: int) -> Any:
+        tag = node.tag.removeprefix(_TAG)
+        try:
+            if tag in ("str", "value", "merge"):  # "=" and "<<" as values are just text
+                return node.value
+            if tag == "int":
+                return _SAFE.construct_yaml_int(node)
+            if tag == "float":
+                return _SAFE.construct_yaml_float(node)
+            if tag == "bool":
+                return _SAFE.construct_yaml_bool(node)
+            if tag == "null":
+                return None
+            if tag == "timestamp":
+                return Opaque("date/time")
+        except ValueError:  # an integer of more digits than Python converts
+            self.issue(line, path, "number too large to read")
+            return REPORTED
+        self.issue(line, path, f"unsupported YAML tag '{node.tag}'; use plain values")
+        return REPORTED
+
+
+def _compose(text: str, filename: str) -> Node:
+    loader = _LOADER(text)
+    try:
+        if not loader.check_node():
+            raise _fail(filename, "is empty; a unit file needs at least 'name' and 'apps'")
+        root: Node = loader.get_node()
+        if loader.check_node():
+            second = loader.get_node().start_mark.line + 1
+            raise _fail(
+                filename,
+                "holds more than one YAML document ('---'); put one unit in each file",
+                second,
+            )
+        return root
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+        context = f" {exc.context}" if exc.context else ""
+        raise _fail(filename, f"invalid YAML: {exc.problem}{context}", line) from exc
+    except yaml.YAMLError as exc:
+        raise _fail(filename, f"invalid YAML: {str(exc).splitlines()[0]}") from exc
+    except RecursionError as exc:  # the pure-Python composer on absurd nesting
+        raise _fail(filename, "invalid YAML: nested too deeply") from exc
+    finally:
+        loader.dispose()
+
+
+def _check(
+    data: Any,
+    filename: str,
+    lines: dict[str, int],
+    issues: list[Issue],
+    strict: bool,
+    expected_name: str | None = None,
+) -> UnitSpec:
+    clean, shape_issues, bad = check_shape(data, filename, lines)
+    issues = issues + shape_issues
+    spec = spec_from_dict(clean)
+    if "" not in bad:  # the top level is a mapping: the value rules make sense
+        issues += validate_spec(spec, filename, lines, strict=strict, skip=bad)
+        if expected_name is not None and "name" not in bad and spec.name != expected_name:
+            issues.append(
+                Issue(
+                    filename,
+                    lines.get("name", 0),
+                    "name",
+                    f"'{spec.name}' does not match its key (expected '{expected_name}')",
+                )
+            )
+    if issues:
+        raise SpecError(sorted(set(issues)))
+    return spec
+
+
+def load_unit(data: bytes, filename: str, *, strict: bool = True) -> UnitSpec:
+    """Parse and validate one unit file (YAML or JSON); raise SpecError with every issue."""
+    text = _decode(data, filename)
+    if filename.endswith(".json"):
+        text = _join_surrogate_escapes(text)
+    root = _compose(text, filename)
+    if isinstance(root, ScalarNode) and root.tag == _TAG + "null":
+        raise _fail(filename, "holds no unit (the document is empty)", root.start_mark.line + 1)
+    walker = _Walker(filename)
+    try:
+        plain = walker.walk(root, "", 0)
+    except _Abort as exc:
+        raise _fail(filename, exc.reason, exc.line) from None
+    return _check(plain, filename, walker.lines, walker.issues, strict)
+
+
+def load_unit_file(path: str | os.PathLike[str], display_name: str | None = None) -> UnitSpec:
+    """Read and load a unit file; symlinks, non-regular and over-1-MiB files are refused."""
+    name = display_name if display_name is not None else os.fspath(path)
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            raise _fail(name, "is a symbolic link; unit files must be regular files")
+        if not stat.S_ISREG(st.st_mode):
+            raise _fail(name, "is not a regular file")
+        if st.st_size > MAX_BYTES:
+            raise _fail(name, f"is larger than {MAX_BYTES} bytes (1 MiB); refusing to read it")
+        # O_NOFOLLOW closes the gap between lstat and open (a swap for a symlink);
+        # O_NONBLOCK keeps a swapped-in FIFO from blocking the open.
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        fd = os.open(path, flags)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise _fail(name, "is not a regular file")
+            data = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise _fail(name, f"cannot be read: {exc.strerror or exc}") from exc
+    return load_unit(data, name)
+
+
+class _Pairs(dict[str, Any]):
+    """A JSON object that remembers keys it saw twice (json keeps the last silently)."""
+
+    duplicates: list[str]
+
+
+def _pairs(items: list[tuple[str, Any]]) -> _Pairs:
+    out = _Pairs()
+    out.duplicates = []
+    for key, value in items:
+        if key in out:
+            out.duplicates.append(key)
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_stored(
+    value: bytes | str, key: str, expected_name: str | None = None, *, strict: bool = False
+) -> UnitSpec:
+    """Parse a JSON spec read from etcd; ``key`` names it in issues.
+
+    Validated like a unit file, except that by default (``strict=False``) the placement
+    policy (global / machineId / replicas combinations) is not enforced: entries written
+    by the Go Kaylee must be adopted, not rejected. Issues carry line 0 (compact JSON).
+    """
+    if isinstance(value, bytes):
+        value = _decode(value, key)
+    elif len(value) > MAX_BYTES:
+        raise _fail(key, f"is larger than {MAX_BYTES} bytes (1 MiB); refusing to read it")
+    try:
+        data = json.loads(value, object_pairs_hook=_pairs, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise _fail(key, f"invalid JSON: {exc.msg}", exc.lineno) from exc
+    except (ValueError, RecursionError) as exc:
+        raise _fail(key, f"invalid JSON: {exc}") from exc
+    return _check(data, key, {}, [], strict, expected_name)
