@@ -91,7 +91,7 @@ class Scheduler:
         self.timers = Timers()
         self._wake = threading.Event()
         self._specs: dict[tuple[str, int], UnitSpec | SpecError] = {}
-        self._reported: dict[str, dict[str, Any]] = {}
+        self._errors: dict[str, str] = {}
 
     # -- triggers ----------------------------------------------------------------------
 
@@ -102,7 +102,7 @@ class Scheduler:
     def became_leader(self) -> None:
         """Forget what a previous term remembered and reconcile everything now."""
         self.timers = Timers()
-        self._reported.clear()
+        self._errors.clear()
         self.trigger()
 
     # -- one pass ----------------------------------------------------------------------
@@ -143,8 +143,8 @@ class Scheduler:
             if not self.is_leader():
                 log.warning("leadership lost: abandoning the scheduler pass")
                 return decisions
-            self._act(decision)
-            self._report(decision, reports.get(name))
+            error = self._act(decision)
+            self._report(decision, reports.get(name), error)
             decisions.append(decision)
         return decisions
 
@@ -199,17 +199,24 @@ class Scheduler:
 
     # -- acting and reporting ----------------------------------------------------------
 
-    def _act(self, decision: Decision) -> None:
+    def _act(self, decision: Decision) -> str:
+        """Carry out the decision; the error that stopped it ("" if none)."""
         for action in decision.actions:
             if not self.is_leader():
-                return
+                return ""
             try:
                 self._apply(action)
             except FleetError as exc:
-                # One unit's trouble must not stop the others: the next pass retries.
-                log.error("%s: %s failed: %s", decision.unit, _describe(action), exc)
-                return
+                # One unit's trouble must not stop the others: the next pass retries. The
+                # same error pass after pass is logged once (and stays in the report).
+                error = f"{_describe(action)} failed: {exc}"
+                if self._errors.get(decision.unit) != error:
+                    log.error("%s: %s", decision.unit, error)
+                self._errors[decision.unit] = error
+                return error
             log.info("%s: %s", decision.unit, _describe(action))
+        self._errors.pop(decision.unit, None)
+        return ""
 
     def _apply(self, action: Action) -> None:
         match action:
@@ -224,7 +231,7 @@ class Scheduler:
             case Destroy(name=name):
                 self.fleet.destroy_unit(name)
 
-    def _report(self, decision: Decision, previous: dict[str, Any] | None) -> None:
+    def _report(self, decision: Decision, previous: dict[str, Any] | None, error: str) -> None:
         key = keys.rollout_key(decision.unit)
         if decision.phase == "deleted":
             if previous is not None:
@@ -245,6 +252,7 @@ class Scheduler:
             "message": decision.message,
             "failed_hash": decision.failed_hash,
             "created": pending,
+            "error": error,
         }
         comparable = previous and {k: v for k, v in previous.items() if k != "updated"}
         if comparable == report:
