@@ -1,0 +1,371 @@
+"""A thin client for etcd's v2 keys API, the only API fleet's registry speaks.
+
+No maintained Python client for the v2 API exists, and fleet needs only a handful of
+calls (get, set with compare, create, delete, long-poll watch, TTL refresh), so this is
+a small adapter over httpx: several endpoints with failover, TLS, basic auth, timeouts.
+
+Errors (every httpx error is wrapped here, ``raise … from exc``)::
+
+    FleetError
+    ├── Etcd2Error              etcd answered with an error code (``code``, ``index``)
+    │   ├── KeyNotFound         100 (also raised by set(prev_exist=True) on a missing key)
+    │   ├── CompareFailed       101 prevValue / prevIndex did not match
+    │   ├── NotAFile            102 the key is a directory
+    │   ├── AlreadyExists       105 create() of an existing key
+    │   ├── Unauthorized        110 wrong or missing user/password (names the user only)
+    │   └── EventIndexCleared   401 watch index too old: read again, then watch
+    └── FleetUnavailable
+        └── Etcd2Unavailable    no endpoint answered (or etcd reported it cannot serve)
+
+Credentials never appear in ``repr``, log lines or error messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+
+from kaylee_sync.errors import FleetError, FleetUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Etcd2Error(FleetError):
+    """etcd's v2 API answered with an error body ``{"errorCode", "message", "cause"}``."""
+
+    def __init__(self, message: str, code: int = 0, index: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.index = index
+
+
+class KeyNotFound(Etcd2Error):
+    """errorCode 100: the key does not exist."""
+
+
+class CompareFailed(Etcd2Error):
+    """errorCode 101: prevValue or prevIndex did not match (someone else wrote first)."""
+
+
+class NotAFile(Etcd2Error):
+    """errorCode 102: the operation needs a value key and found a directory."""
+
+
+class AlreadyExists(Etcd2Error):
+    """errorCode 105: create() (prevExist=false) found the key already there."""
+
+
+class Unauthorized(Etcd2Error):
+    """errorCode 110: the cluster has auth on and refused our credentials (or none)."""
+
+
+class EventIndexCleared(Etcd2Error):
+    """errorCode 401: the watch index fell out of etcd's 1000-event history."""
+
+
+class Etcd2Unavailable(FleetUnavailable):
+    """No endpoint could be reached, or etcd said it cannot serve right now."""
+
+
+_ERRORS: dict[int, type[Etcd2Error]] = {
+    100: KeyNotFound,
+    101: CompareFailed,
+    102: NotAFile,
+    105: AlreadyExists,
+    110: Unauthorized,
+    401: EventIndexCleared,
+}
+# 300 raft internal, 301 leader election in progress, 402 watcher cleared by recovery
+_UNAVAILABLE_CODES = frozenset({300, 301, 402})
+
+
+@dataclass(frozen=True)
+class Node:
+    """One v2 node. ``etcd_index`` is the response's X-Etcd-Index (0 on child nodes)."""
+
+    key: str
+    value: str | None = None
+    dir: bool = False
+    nodes: tuple[Node, ...] = ()
+    modified_index: int = 0
+    created_index: int = 0
+    ttl: int | None = None
+    expiration: str | None = None
+    etcd_index: int = field(default=0, compare=False)  # when it was read, not what it is
+
+    @property
+    def name(self) -> str:
+        """The last path segment of the key."""
+        return self.key.rstrip("/").rsplit("/", 1)[-1]
+
+    def walk(self) -> list[Node]:
+        """This node and all its descendants, depth first."""
+        out = [self]
+        for child in self.nodes:
+            out.extend(child.walk())
+        return out
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a watch saw: ``action`` is set, create, update, delete, expire, compareAndSwap…"""
+
+    action: str
+    node: Node
+    prev_node: Node | None
+    etcd_index: int
+
+
+def _node(raw: Mapping[str, Any], etcd_index: int = 0) -> Node:
+    return Node(
+        key=str(raw.get("key", "/")),
+        value=raw.get("value"),
+        dir=bool(raw.get("dir", False)),
+        nodes=tuple(_node(n) for n in raw.get("nodes", ()) or ()),
+        modified_index=int(raw.get("modifiedIndex", 0)),
+        created_index=int(raw.get("createdIndex", 0)),
+        ttl=raw.get("ttl"),
+        expiration=raw.get("expiration"),
+        etcd_index=etcd_index,
+    )
+
+
+def key_path(key: str) -> str:
+    """The URL path for ``key``: absolute, no doubled slashes, every odd byte escaped."""
+    key = "/" + re.sub("/+", "/", key).lstrip("/")
+    return "/v2/keys" + quote(key, safe="/")
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+class Etcd2Client:
+    """etcd v2 keys API over several endpoints; the one that last answered is tried first."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        *,
+        ca_cert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e.strip()]
+        self.endpoints: tuple[str, ...] = ()
+        for endpoint in endpoints:
+            parts = urlsplit(endpoint.strip().rstrip("/"))
+            if parts.username is not None and username is None:
+                # credentials in the URL move to the auth header and out of every message
+                username, password = parts.username, parts.password or ""
+            netloc = parts.netloc.rsplit("@", 1)[-1]
+            self.endpoints += (urlunsplit((parts.scheme, netloc, parts.path, "", "")),)
+        if not self.endpoints:
+            raise ValueError("etcd v2 client needs at least one endpoint")
+        self.timeout = timeout
+        verify: ssl.SSLContext | bool = True
+        if ca_cert or cert:
+            verify = ssl.create_default_context(cafile=ca_cert)
+            if cert:
+                verify.load_cert_chain(cert, key)
+        self.username = username  # shown in errors; the password never is
+        auth = httpx.BasicAuth(username, password or "") if username is not None else None
+        self._http = httpx.Client(verify=verify, auth=auth, timeout=timeout)
+        self._current = 0
+
+    def __repr__(self) -> str:
+        return f"Etcd2Client({list(self.endpoints)!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Etcd2Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the keys API -------------------------------------------------------------
+
+    def get(self, key: str, recursive: bool = False, sorted: bool = False) -> Node | None:
+        """The node at ``key`` (with children if a directory), or None if it does not exist."""
+        params = {"recursive": _flag(recursive), "sorted": _flag(sorted)}
+        try:
+            body, index = self._request("GET", key, params=params)
+        except KeyNotFound:
+            return None
+        return _node(body["node"], index)
+
+    def set(
+        self,
+        key: str,
+        value: str,
+        ttl: int | None = None,
+        prev_exist: bool | None = None,
+        prev_value: str | None = None,
+        prev_index: int | None = None,
+    ) -> Node:
+        """Write ``value``; the ``prev_*`` arguments make it a compare-and-swap."""
+        form: dict[str, str] = {"value": value}
+        if ttl is not None:
+            form["ttl"] = str(ttl)
+        if prev_exist is not None:
+            form["prevExist"] = _flag(prev_exist)
+        if prev_value is not None:
+            form["prevValue"] = prev_value
+        if prev_index is not None:
+            form["prevIndex"] = str(prev_index)
+        body, index = self._request("PUT", key, data=form)
+        return _node(body["node"], index)
+
+    def create(self, key: str, value: str, ttl: int | None = None) -> Node:
+        """Write ``value`` only if ``key`` does not exist yet; else raise AlreadyExists."""
+        return self.set(key, value, ttl=ttl, prev_exist=False)
+
+    def refresh_ttl(self, key: str, ttl: int) -> Node:
+        """Extend an existing key's TTL without changing its value (and without waking
+        watchers: etcd does not report refreshes as events)."""
+        form = {"ttl": str(ttl), "refresh": "true", "prevExist": "true"}
+        body, index = self._request("PUT", key, data=form)
+        return _node(body["node"], index)
+
+    def delete(
+        self,
+        key: str,
+        recursive: bool = False,
+        dir: bool = False,
+        prev_value: str | None = None,
+        prev_index: int | None = None,
+    ) -> bool:
+        """Delete ``key``; False if it did not exist. ``prev_*`` make it compare-and-delete."""
+        params: dict[str, str] = {}
+        if recursive:
+            params["recursive"] = "true"
+        if dir:
+            params["dir"] = "true"
+        if prev_value is not None:
+            params["prevValue"] = prev_value
+        if prev_index is not None:
+            params["prevIndex"] = str(prev_index)
+        try:
+            self._request("DELETE", key, params=params)
+        except KeyNotFound:
+            return False
+        return True
+
+    def watch(
+        self, key: str, wait_index: int, recursive: bool = True, timeout: float = 30.0
+    ) -> Event | None:
+        """Long-poll for the first change at or after ``wait_index``; None on timeout."""
+        params = {"wait": "true", "waitIndex": str(wait_index), "recursive": _flag(recursive)}
+        try:
+            body, index = self._request("GET", key, params=params, read_timeout=timeout)
+        except _WatchTimeout:
+            return None
+        if not body:
+            return None
+        prev = body.get("prevNode")
+        return Event(
+            action=str(body.get("action", "")),
+            node=_node(body["node"]),
+            prev_node=_node(prev) if prev else None,
+            etcd_index=index,
+        )
+
+    def index(self) -> int:
+        """The cluster's current X-Etcd-Index (a starting point for watch)."""
+        _, index = self._request("GET", "/", params={})
+        return index
+
+    # -- transport ----------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        key: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
+    ) -> tuple[dict[str, Any], int]:
+        path = key_path(key)
+        timeout: httpx.Timeout | Any = httpx.USE_CLIENT_DEFAULT
+        if read_timeout:
+            timeout = httpx.Timeout(self.timeout, read=read_timeout)
+        failures: list[str] = []
+        count = len(self.endpoints)
+        for attempt in range(count):
+            i = (self._current + attempt) % count
+            endpoint = self.endpoints[i]
+            try:
+                resp = self._http.request(
+                    method, endpoint + path, params=params, data=data, timeout=timeout
+                )
+            except httpx.ReadTimeout as exc:
+                if read_timeout:
+                    raise _WatchTimeout from exc
+                failures.append(f"{endpoint}: timed out")
+                if method != "GET":  # the write may have been applied: do not repeat it
+                    break
+                continue
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                failures.append(f"{endpoint}: {_reason(exc)}")
+                continue
+            except httpx.HTTPError as exc:
+                failures.append(f"{endpoint}: {_reason(exc)}")
+                if method != "GET":
+                    break
+                continue
+            self._current = i
+            return self._decode(method, key, endpoint, resp)
+        raise Etcd2Unavailable(f"etcd v2 unreachable ({method} {key}): " + "; ".join(failures))
+
+    def _decode(
+        self, method: str, key: str, endpoint: str, resp: httpx.Response
+    ) -> tuple[dict[str, Any], int]:
+        index = int(resp.headers.get("X-Etcd-Index", "0") or 0)
+        try:
+            body = resp.json() if resp.content else {}
+        except ValueError:
+            body = None
+        if resp.status_code in (401, 403) and not (isinstance(body, dict) and "errorCode" in body):
+            # v2 auth answers 401 {"message": "Insufficient credentials"}: no errorCode
+            raise Etcd2Error(f"etcd v2 at {endpoint}: permission denied ({method} {key})")
+        if not isinstance(body, dict):
+            raise Etcd2Unavailable(
+                f"etcd v2 at {endpoint}: unexpected HTTP {resp.status_code} ({method} {key})"
+            )
+        if "errorCode" in body:
+            code = int(body["errorCode"])
+            message = str(body.get("message", "")).replace("\n", " ")
+            text = f"etcd v2: {message} ({method} {key}, code {code})"
+            if code == 110:
+                who = f"user {self.username!r}" if self.username else "no credentials"
+                text = f"etcd v2: authentication failed with {who} ({method} {key})"
+            if code in _UNAVAILABLE_CODES:
+                raise Etcd2Unavailable(text)
+            raise _ERRORS.get(code, Etcd2Error)(text, code, int(body.get("index", index) or 0))
+        if resp.status_code >= 500:
+            raise Etcd2Unavailable(f"etcd v2 at {endpoint}: HTTP {resp.status_code} ({key})")
+        return body, index
+
+
+class _WatchTimeout(Exception):
+    """Internal: a long poll ended without an event."""
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    # httpx messages carry the URL at most (auth travels in a header), never credentials
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text
