@@ -82,3 +82,18 @@ def test_a_unit_whose_exec_start_line_fleet_would_refuse_is_rejected(tmp_path: P
     result = CliRunner().invoke(cli, ["render", str(big)])
     assert result.exit_code == 1
     assert f"{big}: apps: renders a ExecStart= line of" in result.output
+
+
+def test_a_reader_closing_the_pipe_early_is_not_reported_as_a_bug() -> None:
+    script = Path(sys.executable).parent / "kaylee-sync"
+    # The read end is closed before the child (still importing) writes: its first write
+    # fails with EPIPE, as under ``kaylee-sync render … | head``.
+    child = subprocess.Popen(
+        [str(script), "render", str(SAMPLE)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
+    stderr = child.stderr.read().decode()
+    child.stderr.close()
+    assert child.wait(timeout=60) == 141
+    assert "Traceback" not in stderr and "internal error" not in stderr

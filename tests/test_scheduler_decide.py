@@ -64,9 +64,7 @@ class World:
     def running(self, hash6: str | None = None) -> int:
         states = self.states()
         return sum(
-            1
-            for n in self.units
-            if is_running(states[n]) and (hash6 is None or f":{hash6}:" in n)
+            1 for n in self.units if is_running(states[n]) and (hash6 is None or f":{hash6}:" in n)
         )
 
     def step(self, spec: UnitSpec | None, generation: int = 0, name: str = "web") -> Decision:

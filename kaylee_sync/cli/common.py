@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from kaylee_sync.errors import KayleeError
 from kaylee_sync.settings import EtcdSettings
 
 INTERNAL_ERROR_EXIT = 70
+BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 log = logging.getLogger("kaylee_sync")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,6 +38,11 @@ class KayleeGroup(click.Group):
         except KayleeError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            # The reader went away (``kaylee-sync render … | head``): not a bug. Point
+            # stdout at /dev/null so the interpreter's final flush cannot fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(BROKEN_PIPE_EXIT)
         except Exception:
             click.echo("internal error (a bug in kaylee-sync; please report it):", err=True)
             click.echo(traceback.format_exc(), err=True)
