@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from kaylee_sync.embedded_etcd import EmbeddedEtcd
+from kaylee_sync.fleet.etcd2 import Etcd2Client
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.store import Store
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +43,16 @@ def store(etcd_settings: EtcdSettings) -> Iterator[Store]:
     """A Store on the session etcd, confined to this test's prefix."""
     with Store(etcd_settings) as opened:
         yield opened
+
+
+@pytest.fixture
+def prefix(etcd_prefix: str) -> str:
+    """fleet's registry prefix for this test (fleet's keys live in etcd's v2 keyspace)."""
+    return etcd_prefix + "/fleet/"
+
+
+@pytest.fixture
+def client(etcd_endpoint: str) -> Iterator[Etcd2Client]:
+    """An etcd v2 client on the session etcd (what fleet and the registry driver use)."""
+    with Etcd2Client(etcd_endpoint) as c:
+        yield c

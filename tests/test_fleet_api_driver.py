@@ -30,17 +30,6 @@ OTHER = parse("[Service]\nExecStart=/bin/true\n")
 
 
 @pytest.fixture
-def prefix(etcd_prefix: str) -> str:
-    return etcd_prefix + "/fleet/"
-
-
-@pytest.fixture
-def client(etcd_endpoint: str) -> Iterator[Etcd2Client]:
-    with Etcd2Client(etcd_endpoint) as c:
-        yield c
-
-
-@pytest.fixture
 def socket_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="fleet", dir="/tmp"))  # unix socket paths are short
     yield path

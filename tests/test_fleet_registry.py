@@ -18,20 +18,15 @@ from kaylee_sync.fleet.registry import RegistryDriver, go_json_string, job_objec
 from kaylee_sync.fleet.throttle import Throttle, ThrottleSettings
 from kaylee_sync.unitfile import UnitOption, parse, serialize, unit_hash
 
-from .conftest import SHARED
+from . import vectors
 
 M1 = "a" * 32
 M2 = "b" * 32
 SLEEPER = "[Unit]\nDescription=Hello sleeper\n\n[Service]\nExecStart=/bin/sleep 1000\n"
 
 
-def _vectors(name: str) -> list[dict[str, Any]]:
-    with open(SHARED / "vectors" / name, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-KAYLEE_UNITS = [u for case in _vectors("kaylee-go.jsonl") for u in case["fleet_units"]]
-FLEET_TEXTS = [v for v in _vectors("fleet-unit-hash.jsonl") if "error" not in v]
+KAYLEE_UNITS = [u for case in vectors.load("kaylee-go.jsonl") for u in case["fleet_units"]]
+FLEET_TEXTS = [v for v in vectors.load("fleet-unit-hash.jsonl") if "error" not in v]
 
 
 class CountingClient(Etcd2Client):
@@ -50,11 +45,6 @@ def client(etcd_endpoint: str) -> Iterator[CountingClient]:
     c.gets = []
     with c:
         yield c
-
-
-@pytest.fixture
-def prefix(etcd_prefix: str) -> str:
-    return etcd_prefix + "/fleet/"
 
 
 @pytest.fixture

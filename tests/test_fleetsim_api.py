@@ -28,17 +28,6 @@ SLEEP = [
 
 
 @pytest.fixture
-def prefix(etcd_prefix: str) -> str:
-    return etcd_prefix + "/fleet/"
-
-
-@pytest.fixture
-def client(etcd_endpoint: str) -> Iterator[Etcd2Client]:
-    with Etcd2Client(etcd_endpoint) as c:
-        yield c
-
-
-@pytest.fixture
 def http(etcd_endpoint: str, prefix: str) -> Iterator[httpx.Client]:
     with (
         FleetApiServer(etcd_endpoint, prefix) as server,

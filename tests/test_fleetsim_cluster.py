@@ -25,17 +25,6 @@ def unit(exec_start: str = "/bin/sleep 1000", **xfleet: str) -> list[UnitOption]
 
 
 @pytest.fixture
-def prefix(etcd_prefix: str) -> str:
-    return etcd_prefix + "/fleet/"
-
-
-@pytest.fixture
-def client(etcd_endpoint: str) -> Iterator[Etcd2Client]:
-    with Etcd2Client(etcd_endpoint) as c:
-        yield c
-
-
-@pytest.fixture
 def fleet(client: Etcd2Client, prefix: str) -> RegistryDriver:
     return RegistryDriver(client, prefix)
 

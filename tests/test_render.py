@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,14 +23,9 @@ from kaylee_sync.render import (
 from kaylee_sync.spec.codec import spec_from_dict, spec_hash6
 from kaylee_sync.spec.model import App, EnvVar, UnitSpec, Volume
 from kaylee_sync.unitfile import UnitOption, parse, serialize, unit_hash, value_problem
-from tests import strategies
+from tests import strategies, vectors
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
-CASES: list[dict[str, Any]] = [
-    json.loads(line)
-    for line in (VECTORS / "kaylee-go.jsonl").read_text(encoding="utf-8").split("\n")
-    if line
-]
+CASES: list[dict[str, Any]] = vectors.load("kaylee-go.jsonl")
 UNITS = [(case, unit) for case in CASES for unit in case["fleet_units"]]
 
 

@@ -44,7 +44,7 @@ class World:
         self.failed_hash = ""
         self.history: list[Decision] = []
 
-    def add_running(self, name: str, options: tuple[object, ...] = ()) -> None:
+    def add_running(self, name: str) -> None:
         self.units[name] = FleetUnit(name, (), LAUNCHED, LAUNCHED, "m1")
         self.started_at[name] = -1000.0
 

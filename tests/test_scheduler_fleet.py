@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,3 @@ def test_fleet_units_without_our_prefix_are_never_touched(harness: Harness) -> N
     harness.wait_running(WEB)
     names = {u.name for u in harness.fleet.units()}
     assert {"hello.service", "k3:web:abcdef:abcdef:1.service"} <= names
-
-
-Check = Callable[[], object]

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kaylee_sync.errors import SpecError
 from kaylee_sync.spec import App, EnvVar, UnitSpec, Volume, load_unit, parse_stored, validate_spec
+from tests import vectors as shared_vectors
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "kaylee-go.jsonl"
 # These Go-written entries combine global with replicas > 1, which unit files may not
 # (kaylee-spec.md, "ours" wins); as etcd entries they must still be adopted.
 GLOBAL_WITH_REPLICAS = {
@@ -23,8 +22,7 @@ GLOBAL_WITH_REPLICAS = {
 
 
 def vectors() -> list[dict[str, Any]]:
-    with VECTORS.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return shared_vectors.load("kaylee-go.jsonl")
 
 
 def unit(**fields: Any) -> UnitSpec:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,13 +21,9 @@ from kaylee_sync.unitfile import (
     unit_hash,
     value_problem,
 )
+from tests import vectors
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
-ROWS: list[dict[str, Any]] = [
-    json.loads(line)
-    for line in (VECTORS / "fleet-unit-hash.jsonl").read_text(encoding="utf-8").split("\n")
-    if line
-]
+ROWS: list[dict[str, Any]] = vectors.load("fleet-unit-hash.jsonl")
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if "error" not in r], ids=lambda r: str(r["id"]))
