@@ -119,8 +119,14 @@ class EmbeddedEtcd:
                 args.append("--client-cert-auth")
         args += self.extra_args
         with open(log_path, "ab") as log:
+            # A session of its own: a Ctrl-C in the terminal (SIGINT to the whole process
+            # group) must not kill etcd before its owner has shut down what uses it.
             self._proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -6,6 +6,8 @@
     ├── SpecError               a unit file or JSON entry is invalid (carries every Issue)
     ├── UsageError              a bad flag, argument or combination of them
     ├── NotFoundError           a named unit (or other object) does not exist
+    ├── SourceError             Git failed, or the repository is unusable (not a repo, bad path)
+    │   └── SourceUnavailable   the remote could not be fetched (network, auth, timeout): transient
     ├── StoreError              etcd v3 (the /kaylee2 keyspace) failed
     │   ├── StoreUnavailable    no endpoint could be reached (transient: retry later)
     │   └── ConflictError       a compare-and-swap lost (someone else wrote first)
@@ -61,6 +63,14 @@ class SpecError(KayleeError):
 
 class NotFoundError(KayleeError):
     """A named unit (or other object) does not exist."""
+
+
+class SourceError(KayleeError):
+    """Git failed, or the repository cannot be used as a source of unit files."""
+
+
+class SourceUnavailable(SourceError):
+    """The remote could not be fetched (network, authentication, timeout); transient."""
 
 
 class StoreError(KayleeError):

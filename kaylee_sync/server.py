@@ -13,8 +13,8 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
 
 from kaylee_sync.election import Election, ElectionSettings, make_identity
@@ -67,20 +67,28 @@ class SchedulerServer:
             self.election.resign()
             log.info("%s: stopped", self.identity)
 
-    @contextmanager
-    def signals(self) -> Iterator[None]:
+    def signals(self) -> AbstractContextManager[None]:
         """Handle SIGTERM/SIGINT while running; restore the previous handlers afterwards."""
+        return exit_on_signals(self.should_exit, self.scheduler.trigger)
 
-        def handle(signum: int, frame: FrameType | None) -> None:
-            if self.should_exit.is_set() and signum == signal.SIGINT:
-                os._exit(130)  # a second Ctrl-C: the user means it
-            log.info("received %s: resigning and stopping", signal.Signals(signum).name)
-            self.should_exit.set()
-            self.scheduler.trigger()
 
-        previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+@contextmanager
+def exit_on_signals(should_exit: threading.Event, wake: Callable[[], None]) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``should_exit`` (and call ``wake``); a second SIGINT exits at once.
+
+    The previous handlers are restored on the way out, so tests can run servers in-process.
+    """
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if should_exit.is_set() and signum == signal.SIGINT:
+            os._exit(130)  # a second Ctrl-C: the user means it
+        log.info("received %s: resigning and stopping", signal.Signals(signum).name)
+        should_exit.set()
+        wake()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -6,11 +6,17 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from kaylee_sync.embedded_etcd import EmbeddedEtcd
 from kaylee_sync.fleet.etcd2 import Etcd2Client
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.store import Store
+
+# Property tests measure correctness, not speed: on a 2-core CI box running etcd and
+# subprocesses beside them, a per-example deadline only produces flaky failures.
+settings.register_profile("kaylee", deadline=None)
+settings.load_profile("kaylee")
 
 
 @pytest.fixture(scope="session")

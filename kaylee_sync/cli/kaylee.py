@@ -7,6 +7,12 @@ writes nothing, unknown unit names are errors, and errors are one line.
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +28,26 @@ from kaylee_sync.cli.common import (
     setup_logging,
 )
 from kaylee_sync.cli.fleetopts import fleet_client, fleet_options
+from kaylee_sync.cli.follow import FollowSettings, Target, display_for, follow
 from kaylee_sync.election import ElectionSettings
-from kaylee_sync.errors import NotFoundError
+from kaylee_sync.errors import KayleeError, NotFoundError, StoreError, UsageError
+from kaylee_sync.fleet.api import ApiDriver
+from kaylee_sync.fleet.protocol import FleetClient
+from kaylee_sync.fleet.registry import RegistryDriver
 from kaylee_sync.render import check_renderable
 from kaylee_sync.scheduler.runner import SchedulerSettings
 from kaylee_sync.server import SchedulerServer
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.spec import spec_hash, to_json
 from kaylee_sync.spec.loader import load_unit_file
-from kaylee_sync.store import Store
+from kaylee_sync.store import Store, keys
+from kaylee_sync.sync.inventory import decode_inventory
+from kaylee_sync.sync.suspend import suspend
+
+
+class RolloutFailed(KayleeError):
+    """``kaylee run --wait``: the rollout failed, stalled or was superseded (exit 1)."""
+
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KAYLEE"}
 
@@ -59,17 +76,75 @@ def _store(ctx: click.Context) -> Store:
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Follow the rollout until every new instance runs; exit 1 if it fails or stalls.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=FollowSettings.timeout,
+    show_default=True,
+    help="Seconds --wait waits in all (the scheduler's rollout timeout plus slack).",
+)
+@click.option(
+    "--override",
+    is_flag=True,
+    help="Emergency: change a unit managed by Git, and suspend Git sync for it.",
+)
+@click.option("--reason", help="Why you override Git (required with --override).")
+@fleet_options
 @click.pass_context
-def run(ctx: click.Context, file: Path) -> None:
+def run(ctx: click.Context, /, file: Path, **params: Any) -> None:
     """Run a new unit or update an existing one from a unit FILE (YAML or JSON).
 
-    The file is validated first; if it has any error, nothing is written.
+    The file is validated first; if it has any error, nothing is written. A unit that
+    Git manages is refused unless --override (with --reason): that writes the spec and
+    suspends Git sync for the unit until 'kaylee-sync resume NAME'.
+
+    \b
+    Examples:
+      kaylee run web.yaml --wait
+      kaylee run web.yaml --override --reason "hotfix for INC-123"
     """
+    override = _override(params)
     spec = check_renderable(load_unit_file(file), str(file))
     value = to_json(spec)
     with _store(ctx) as store:
+        suspension = _take_over(store, spec.name, "run", override)
         revision = store.put_unit(spec.name, value)
-    click.echo(f"unit {spec.name} written (spec hash {spec_hash(spec)[:6]}, revision {revision})")
+        generation = store.restart_generation(spec.name)
+        click.echo(
+            f"unit {spec.name} written (spec hash {spec_hash(spec, generation)[:6]}, "
+            f"revision {revision})"
+        )
+        if suspension:
+            click.echo(suspension)
+        if not params["wait"]:
+            return
+        settings: EtcdSettings = ctx.obj
+        fleet = fleet_client(settings, params)
+        target = Target(spec, value.encode(), generation, params["unit_prefix"])
+        try:
+            outcome = follow(
+                store,
+                fleet,
+                target,
+                display_for(sys.stdout),
+                FollowSettings(timeout=params["timeout"]),
+            )
+        except KeyboardInterrupt:
+            click.echo(
+                f"stopped following; the rollout of {spec.name} goes on (see 'kaylee ls')",
+                err=True,
+            )
+            ctx.exit(130)
+        finally:
+            _close_fleet(fleet)
+    if not outcome.ok:
+        raise RolloutFailed(outcome.message)
+    click.echo(f"{outcome.message} in {outcome.elapsed:.0f} s")
 
 
 @cli.command(name="ls")
@@ -94,8 +169,11 @@ def ls(ctx: click.Context, /, fmt: str, no_fleet: bool, **params: Any) -> None:
     """
     settings: EtcdSettings = ctx.obj
     fleet = None if no_fleet else fleet_client(settings, params)
-    with _store(ctx) as store:
-        data = listing.collect(store, fleet, params["unit_prefix"])
+    try:
+        with _store(ctx) as store:
+            data = listing.collect(store, fleet, params["unit_prefix"])
+    finally:
+        _close_fleet(fleet)
     if fmt == "json":
         echo_json(data)
     else:
@@ -116,14 +194,102 @@ def restart(ctx: click.Context, name: str) -> None:
 
 @cli.command()
 @click.argument("name")
+@click.option(
+    "--override",
+    is_flag=True,
+    help="Emergency: remove a unit managed by Git, and suspend Git sync for it.",
+)
+@click.option("--reason", help="Why you override Git (required with --override).")
 @click.pass_context
-def rm(ctx: click.Context, name: str) -> None:
-    """Destroy unit NAME and all of its fleet units."""
+def rm(ctx: click.Context, /, name: str, **params: Any) -> None:
+    """Destroy unit NAME and all of its fleet units.
+
+    A unit that Git manages is refused unless --override (with --reason), which also
+    suspends Git sync for it, so that sync does not create it again.
+    """
+    override = _override(params)
     with _store(ctx) as store:
+        if store.get_unit(name) is None:
+            raise NotFoundError(f"no unit named {name!r} (see 'kaylee ls')")
+        suspension = _take_over(store, name, "rm", override)
         if not store.delete_unit(name):
             raise NotFoundError(f"no unit named {name!r} (see 'kaylee ls')")
         store.clear_restart(name)
     click.echo(f"unit {name} removed")
+    if suspension:
+        click.echo(suspension)
+
+
+@dataclass(frozen=True)
+class _Override:
+    reason: str
+    who: str
+
+
+def _close_fleet(fleet: FleetClient | None) -> None:
+    """Close the driver's connections (the FleetClient protocol has no close of its own)."""
+    if isinstance(fleet, RegistryDriver):
+        fleet.client.close()
+    elif isinstance(fleet, ApiDriver):
+        fleet.close()
+
+
+def _override(params: dict[str, Any]) -> _Override | None:
+    """The --override/--reason pair, checked: a reason is required, and only with it."""
+    reason = (params["reason"] or "").strip()
+    if params["override"] and not reason:
+        raise UsageError("--override needs --reason: say why Git is overridden")
+    if reason and not params["override"]:
+        raise UsageError("--reason is only used with --override")
+    return _Override(reason, _who()) if params["override"] else None
+
+
+def _who() -> str:
+    """user@host, as the suspension records who overrode Git."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container without a passwd entry)
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _take_over(store: Store, name: str, verb: str, override: _Override | None) -> str:
+    """Refuse to touch a unit Git manages, unless overriding: then suspend its Git sync.
+
+    Returns what to tell the user ("" for an ordinary unit). The suspension is written
+    *before* the spec, so that a sync running in between cannot undo the change.
+    """
+    stored = store.get(keys.INVENTORY)
+    where = ""
+    if stored is not None:
+        try:
+            inventory = decode_inventory(stored.value, stored.key)
+        except StoreError as exc:  # unreadable: we cannot tell, so treat it as managed
+            if override is None:
+                raise UsageError(
+                    f"cannot tell whether Git manages {name} ({exc}); use --override "
+                    "--reason … to go ahead anyway"
+                ) from None
+            where = "an unreadable inventory"
+        else:
+            entry = inventory.units.get(name)
+            if entry is not None:
+                where = f"{entry.path} in {inventory.repo}"
+    if not where:
+        return f"note: {name} is not managed by Git; nothing to override" if override else ""
+    if override is None:
+        change = "change it there" if verb == "run" else "remove it there"
+        raise UsageError(
+            f"{name} is managed by Git ({where}); {change}, or use --override --reason … "
+            "to take it over in an emergency"
+        )
+    suspension = suspend(
+        store, name, who=override.who, reason=override.reason, until=None, now=time.time()
+    )
+    return (
+        f"Git sync of {name} suspended ({suspension.who}: {suspension.reason}); "
+        f"'kaylee-sync resume {name}' hands it back to Git"
+    )
 
 
 @cli.command()

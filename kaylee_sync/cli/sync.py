@@ -1,7 +1,9 @@
 """``kaylee-sync``: the GitOps command line.
 
-Today it offers ``render`` (what fleet will receive for a unit file); the daemon
-(``--repo``), ``plan``, ``validate`` and ``--dev`` join it as they are built.
+Without a subcommand it is the daemon (``kaylee-sync --repo …``, ``--once``, ``--dev``);
+the subcommands look before leaping (``plan``, ``validate``, ``render``, ``schema``),
+apply a saved plan (``apply``) or pull the emergency levers (``suspend``, ``resume``) and
+report (``status``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from typing import Any
 import click
 
 from kaylee_sync import __version__
-from kaylee_sync.cli.common import KayleeGroup, echo_json
+from kaylee_sync.cli.common import KayleeGroup, echo_json, etcd_options
+from kaylee_sync.cli.daemoncmd import daemon_options, run_daemon
+from kaylee_sync.cli.fleetopts import fleet_options
+from kaylee_sync.cli.gitopts import source_options
+from kaylee_sync.cli.lint import schema, validate
+from kaylee_sync.cli.opscmd import resume, status, suspend
+from kaylee_sync.cli.plancmd import apply, plan
 from kaylee_sync.render import check_renderable, render_units
 from kaylee_sync.spec import spec_hash, to_json
 from kaylee_sync.spec.loader import load_unit_file
@@ -20,16 +28,36 @@ from kaylee_sync.spec.loader import load_unit_file
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KAYLEE"}
 
 
-@click.group(cls=KayleeGroup, context_settings=CONTEXT)
+@click.group(cls=KayleeGroup, context_settings=CONTEXT, invoke_without_command=True)
 @click.version_option(__version__, "--version", "-V", prog_name="kaylee-sync")
-def cli() -> None:
+@source_options
+@etcd_options
+@fleet_options
+@daemon_options
+@click.pass_context
+def cli(ctx: click.Context, /, **params: Any) -> None:
     """GitOps for CoreOS fleet: unit files in Git become fleet units.
+
+    Without a command, runs the daemon: every node runs one, they elect a leader, and
+    the leader syncs the repository into etcd and schedules fleet units.
 
     \b
     Examples:
-      kaylee-sync render sample-repo/countly.yaml
-      kaylee-sync render countly.yaml --format json
+      kaylee-sync --dev --repo . --path sample-repo        # try it: embedded etcd, simulated fleet
+      kaylee-sync --repo https://git.example.com/ops/units.git --path units \\
+                  --etcd-endpoints https://etcd1:2379
+      kaylee-sync --repo /srv/units --once                 # one sync, for cron or CI
+      kaylee-sync plan --repo . --format markdown --against origin/main
+      kaylee-sync validate units/
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not params["repo"] and not params["dev"]:
+        click.echo(ctx.get_help())
+        ctx.exit(2)
+    if params["dev"] and not params["repo"]:
+        params["repo"] = "."
+    run_daemon(params)
 
 
 @cli.command()
@@ -81,6 +109,10 @@ def render(file: Path, fmt: str, unit_prefix: str, restart_generation: int) -> N
     for unit in document["units"]:
         click.echo(f"\n# fleet unit {unit['name']} (hash {unit['fleet_unit_hash']})")
         click.echo(unit["unit_file"], nl=False)
+
+
+for command in (plan, apply, validate, schema, suspend, resume, status):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -155,6 +155,9 @@ class ApiDriver:
         ]
         return sorted(states, key=lambda s: (s.name, s.machine_id))
 
+    def snapshot(self) -> tuple[list[FleetUnit], list[UnitState]]:
+        return self.units(), self.unit_states()  # two endpoints: nothing to share
+
     def machines(self) -> list[Machine]:
         machines = [
             Machine(

@@ -33,6 +33,14 @@ class FleetClient(Protocol):
         """Every state an agent reports, sorted by (name, machine id)."""
         ...
 
+    def snapshot(self) -> tuple[list[FleetUnit], list[UnitState]]:
+        """``units()`` and ``unit_states()`` in one go: what a scheduler pass reads.
+
+        A driver may read each range once for both (the registry driver reads fleet's
+        ``states/`` for both and would otherwise read it twice per pass).
+        """
+        ...
+
     def machines(self) -> list[Machine]:
         """Every live machine, sorted by id."""
         ...

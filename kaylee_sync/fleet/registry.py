@@ -112,7 +112,15 @@ class RegistryDriver:
 
     def units(self) -> list[FleetUnit]:
         jobs = self._get(self._key("job"), recursive=True)
+        return self._units(jobs, self._get(self._key("states"), recursive=True))
+
+    def snapshot(self) -> tuple[list[FleetUnit], list[UnitState]]:
+        # states/ is read once for both: it is a third of what a pass reads.
+        jobs = self._get(self._key("job"), recursive=True)
         states = self._get(self._key("states"), recursive=True)
+        return self._units(jobs, states), self._unit_states(states)
+
+    def _units(self, jobs: Node | None, states: Node | None) -> list[FleetUnit]:
         reported = {
             (unit.name, machine.name)
             for unit in _children(states).values()
@@ -183,7 +191,9 @@ class RegistryDriver:
                 log.warning("fleet unit %s cannot be parsed: %s", node.name, exc)
 
     def unit_states(self) -> list[UnitState]:
-        states = self._get(self._key("states"), recursive=True)
+        return self._unit_states(self._get(self._key("states"), recursive=True))
+
+    def _unit_states(self, states: Node | None) -> list[UnitState]:
         out = []
         for unit in _children(states).values():
             for node in unit.nodes:

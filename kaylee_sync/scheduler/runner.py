@@ -47,6 +47,7 @@ from kaylee_sync.store import Store, keys
 log = logging.getLogger(__name__)
 
 QUIET_PHASES = frozenset({"steady", "failed", "deleted"})
+_UNPARSED: Any = object()  # not parsed yet (None means "not one of ours")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._specs: dict[tuple[str, int], UnitSpec | SpecError] = {}
         self._errors: dict[str, str] = {}
+        self._names: dict[str, UnitName | None] = {}
 
     # -- triggers ----------------------------------------------------------------------
 
@@ -113,16 +115,22 @@ class Scheduler:
         specs, broken = self._read_specs()
         generations = self._read_ints(keys.RESTART)
         reports = self._read_reports()
-        units = self.fleet.units()
+        units, unit_states = self.fleet.snapshot()
         states: dict[str, list[UnitState]] = {}
-        for state in self.fleet.unit_states():
+        for state in unit_states:
             states.setdefault(state.name, []).append(state)
 
         ours: dict[str, list[tuple[UnitName, FleetUnit]]] = {}
+        parsed_names: dict[str, UnitName | None] = {}
         for unit in units:
-            parsed = parse_unit_name(unit.name, self.settings.unit_prefix)
+            # Names never change meaning: parse each once, not on every pass.
+            parsed = self._names.get(unit.name, _UNPARSED)
+            if parsed is _UNPARSED:
+                parsed = parse_unit_name(unit.name, self.settings.unit_prefix)
+            parsed_names[unit.name] = parsed
             if parsed is not None:
                 ours.setdefault(parsed.unit, []).append((parsed, unit))
+        self._names = parsed_names
         all_ours = [u for members in ours.values() for _, u in members]
         running = [u.name for u in all_ours if is_running(states.get(u.name, ()))]
         self.timers.observe(all_ours, running, now)
@@ -144,7 +152,11 @@ class Scheduler:
                 log.warning("leadership lost: abandoning the scheduler pass")
                 return decisions
             error = self._act(decision)
-            self._report(decision, reports.get(name), error)
+            # The unit's own fleet units (and any created just now): scanning every
+            # timer for every unit would make a pass quadratic in the fleet's size.
+            names = [u.name for _, u in view.units]
+            names += [a.name for a in decision.actions if isinstance(a, Create)]
+            self._report(decision, reports.get(name), error, names)
             decisions.append(decision)
         return decisions
 
@@ -231,17 +243,26 @@ class Scheduler:
             case Destroy(name=name):
                 self.fleet.destroy_unit(name)
 
-    def _report(self, decision: Decision, previous: dict[str, Any] | None, error: str) -> None:
+    def _report(
+        self,
+        decision: Decision,
+        previous: dict[str, Any] | None,
+        error: str,
+        unit_names: list[str],
+    ) -> None:
         key = keys.rollout_key(decision.unit)
         if decision.phase == "deleted":
             if previous is not None:
                 self.store.delete(key)
             return
         wall_now = self.wall_clock()
+        clock_now = self.clock()
+        marker = f":{decision.unit}:{decision.hash6}:"
         pending = {
-            name: round(wall_now - (self.clock() - created), 3)
-            for name, created in self.timers.created_at.items()
-            if f":{decision.unit}:{decision.hash6}:" in name
+            name: round(wall_now - (clock_now - created), 3)
+            for name in unit_names
+            if (created := self.timers.created_at.get(name)) is not None
+            and marker in name
             and name not in self.timers.running_since
         }
         report: dict[str, Any] = {

@@ -169,7 +169,7 @@ class _Walker:
         return REPORTED
 
 
-def _compose(text: str, filename: str) -> Node:
+def compose_node(text: str, filename: str) -> Node:
     loader = _LOADER(text)
     try:
         if not loader.check_node():
@@ -227,7 +227,7 @@ def load_unit(data: bytes, filename: str, *, strict: bool = True) -> UnitSpec:
     text = _decode(data, filename)
     if filename.endswith(".json"):
         text = _join_surrogate_escapes(text)
-    root = _compose(text, filename)
+    root = compose_node(text, filename)
     if isinstance(root, ScalarNode) and root.tag == _TAG + "null":
         raise _fail(filename, "holds no unit (the document is empty)", root.start_mark.line + 1)
     walker = _Walker(filename)
@@ -236,6 +236,24 @@ def load_unit(data: bytes, filename: str, *, strict: bool = True) -> UnitSpec:
     except _Abort as exc:
         raise _fail(filename, exc.reason, exc.line) from None
     return _check(plain, filename, walker.lines, walker.issues, strict)
+
+
+class NotRegularFile(OSError):
+    """What :func:`read_regular` found is not a regular file (any more)."""
+
+
+def read_regular(path: str | os.PathLike[str]) -> bytes:
+    """At most MAX_BYTES + 1 bytes of a regular file, never following a symlink.
+
+    O_NOFOLLOW closes the gap between a caller's lstat and this open (a file swapped for
+    a symlink); O_NONBLOCK keeps a swapped-in FIFO from blocking the open.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise NotRegularFile(0, "not a regular file")
+        return f.read(MAX_BYTES + 1)
 
 
 def load_unit_file(path: str | os.PathLike[str], display_name: str | None = None) -> UnitSpec:
@@ -249,14 +267,9 @@ def load_unit_file(path: str | os.PathLike[str], display_name: str | None = None
             raise _fail(name, "is not a regular file")
         if st.st_size > MAX_BYTES:
             raise _fail(name, f"is larger than {MAX_BYTES} bytes (1 MiB); refusing to read it")
-        # O_NOFOLLOW closes the gap between lstat and open (a swap for a symlink);
-        # O_NONBLOCK keeps a swapped-in FIFO from blocking the open.
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        fd = os.open(path, flags)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise _fail(name, "is not a regular file")
-            data = f.read(MAX_BYTES + 1)
+        data = read_regular(path)
+    except NotRegularFile:
+        raise _fail(name, "is not a regular file") from None
     except OSError as exc:
         raise _fail(name, f"cannot be read: {exc.strerror or exc}") from exc
     return load_unit(data, name)

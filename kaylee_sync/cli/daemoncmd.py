@@ -1,0 +1,212 @@
+"""``kaylee-sync --repo …`` (the daemon), ``--once`` (cron/CI) and ``--dev`` (a laptop).
+
+Only option parsing and the choice between the three modes live here; the work is in
+:mod:`kaylee_sync.daemon` and :mod:`kaylee_sync.sync`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from kaylee_sync.cli.common import etcd_settings_from
+from kaylee_sync.cli.fleetopts import fleet_client
+from kaylee_sync.cli.gitopts import read_secret_file, source_settings_from
+from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
+from kaylee_sync.daemon.logs import register_secret, setup_logging
+from kaylee_sync.election import ElectionSettings, make_identity
+from kaylee_sync.errors import KayleeError, StoreError
+from kaylee_sync.fleet.protocol import FleetClient
+from kaylee_sync.scheduler.runner import Scheduler, SchedulerSettings
+from kaylee_sync.server import exit_on_signals
+from kaylee_sync.source import GitSource
+from kaylee_sync.store import Store, keys
+from kaylee_sync.store.txn import Compare, Op
+from kaylee_sync.sync.syncer import Syncer, SyncSettings
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("kaylee_sync")
+
+
+def daemon_options(func: F) -> F:
+    options = [
+        click.option(
+            "--interval",
+            type=click.FloatRange(min=0.1),
+            default=30.0,
+            show_default=True,
+            help="Seconds between polls of the repository (10 % jitter).",
+        ),
+        click.option(
+            "--max-prune",
+            type=click.IntRange(min=0),
+            help="Refuse a commit that deletes more than this many units [default: no limit].",
+        ),
+        click.option(
+            "--allow-prune-all",
+            is_flag=True,
+            help="Allow a commit to delete every managed unit (lifts --max-prune).",
+        ),
+        click.option("--once", is_flag=True,
+                     help="Sync once (plus one scheduler pass), then exit 0/1."),
+        click.option(
+            "--dev",
+            is_flag=True,
+            help="Run against an embedded etcd and a SIMULATED fleet (for trying it out).",
+        ),
+        click.option(
+            "--listen",
+            default="127.0.0.1:9420",
+            show_default=True,
+            help="HTTP listener for /healthz, /readyz, /metrics and /hooks/git ('' = off).",
+        ),
+        click.option(
+            "--webhook-secret-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="File with the webhook secret (GitHub HMAC or GitLab token); enables "
+            "POST /hooks/git. Or set KAYLEE_WEBHOOK_SECRET.",
+        ),
+        click.option(
+            "--lease-ttl",
+            type=click.IntRange(min=2),
+            default=10,
+            show_default=True,
+            help="Leader lease, seconds: a standby takes over this long after a crash.",
+        ),
+        click.option("--stable", type=click.FloatRange(min=0), default=10.0, show_default=True,
+                     help="Seconds a new replica must run before an old one is retired."),
+        click.option("--rollout-timeout", type=click.FloatRange(min=1), default=300.0,
+                     show_default=True, help="Seconds a new replica may take to become stable."),
+        click.option("--resync", type=click.FloatRange(min=1), default=60.0, show_default=True,
+                     help="Seconds between full scheduler passes."),
+        click.option("--no-scheduler", is_flag=True,
+                     help="Sync only; a separate 'kaylee server' schedules."),
+        click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+                     show_default=True, help="Log lines for people or for log pipelines."),
+        click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _secret(params: dict[str, Any]) -> str | None:
+    secret = read_secret_file(params.get("webhook_secret_file"), "webhook secret")
+    if secret is None:
+        secret = os.environ.get("KAYLEE_WEBHOOK_SECRET") or None
+        if secret:
+            register_secret(secret)
+    return secret
+
+
+def _settings(params: dict[str, Any]) -> DaemonSettings:
+    return DaemonSettings(
+        interval=params["interval"],
+        listen=params["listen"] or None,
+        webhook_secret=_secret(params),
+        sync=SyncSettings(
+            max_prune=params["max_prune"],
+            allow_prune_all=params["allow_prune_all"],
+            unit_prefix=params["unit_prefix"],
+        ),
+        scheduler=SchedulerSettings(
+            unit_prefix=params["unit_prefix"],
+            stable=params["stable"],
+            rollout_timeout=params["rollout_timeout"],
+            resync=params["resync"],
+        ),
+        # As ``kaylee server``: the default 2 s margin does not fit a 2-3 s lease.
+        election=ElectionSettings(
+            lease_ttl=params["lease_ttl"], safety_margin=max(1.0, params["lease_ttl"] / 5)
+        ),
+        schedule=not params["no_scheduler"],
+    )
+
+
+@contextmanager
+def _dev(params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Start the dev cluster; yield params pointing at it."""
+    from kaylee_sync.daemon.dev import DevEnvironment
+
+    with DevEnvironment() as env:
+        params = {**params, "etcd_endpoints": env.endpoint, "fleet_driver": "etcd"}
+        params["fleet_endpoints"] = None
+        params["fleet_prefix"] = "/_coreos.com/fleet/"
+        repo_args = f"--repo {shlex.quote(params['repo'])}"
+        if params.get("unit_path"):
+            repo_args += f" --path {shlex.quote(params['unit_path'])}"
+        click.echo(env.banner(repo_args, params["listen"] or None), err=True)
+        yield params
+
+
+def run_daemon(params: dict[str, Any]) -> None:
+    setup_logging("debug" if params["verbose"] else "info", params["log_format"])
+    # httpx logs every request at INFO (the fleet driver's etcd v2 watches are a request
+    # each): noise in a daemon's log. Its warnings and errors still show.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    with ExitStack() as stack:
+        if params["dev"]:
+            params = stack.enter_context(_dev(params))
+        settings = _settings(params)
+        etcd = etcd_settings_from(params)
+        source = stack.enter_context(GitSource(source_settings_from(params, params["unit_prefix"])))
+        store = stack.enter_context(Store(etcd))
+        fleet = None if params["no_scheduler"] else fleet_client(etcd, params)
+        if fleet is not None:
+            stack.callback(_close_fleet, fleet)
+        if params["once"]:
+            sys.exit(_once(source, store, fleet, settings))
+        daemon = Daemon(source, store, fleet, settings)
+        with exit_on_signals(daemon.should_exit, lambda: daemon.queue.request("stop")):
+            daemon.run()
+
+
+def _close_fleet(fleet: FleetClient) -> None:
+    close = getattr(fleet, "close", None) or getattr(getattr(fleet, "client", None), "close", None)
+    if close is not None:
+        close()
+
+
+def _once(
+    source: GitSource, store: Store, fleet: FleetClient | None, settings: DaemonSettings
+) -> int:
+    """One sync and one scheduler pass, holding leadership for that long (or refusing)."""
+    identity = make_identity()
+    with hold_leadership(store, identity, max(30, settings.election.lease_ttl)):
+        result = Syncer(source, store, settings.sync, identity=identity).sync_once()
+        if fleet is not None and settings.schedule:
+            try:
+                Scheduler(store, fleet, settings.scheduler).run_pass()
+            except KayleeError as exc:
+                log.error("scheduler pass failed: %s", exc)
+                return 1
+    if not result.ok:
+        return 1
+    plan = result.plan
+    return 1 if plan is not None and (plan.problems or plan.prune_refused) else 0
+
+
+@contextmanager
+def hold_leadership(store: Store, identity: str, ttl: int) -> Iterator[None]:
+    """Take ``master`` for one run if nobody holds it; StoreError names the leader if taken."""
+    lease = store.lease(ttl)
+    try:
+        if not store.txn(
+            [Compare.missing(keys.MASTER)], [Op.put(keys.MASTER, identity, lease=lease)]
+        ):
+            raise StoreError(
+                f"{store.leader() or 'another process'} is leading; a daemon already syncs "
+                "this cluster (stop it, or let it do the work)"
+            )
+        yield
+    finally:
+        store.revoke(lease)

@@ -1,0 +1,188 @@
+"""``kaylee-sync plan`` and ``kaylee-sync apply``: the dry run, and applying exactly it.
+
+``plan`` never writes. ``plan --out FILE`` saves the plan together with the ref it
+resolved; ``apply FILE`` re-resolves that ref and re-reads etcd and refuses if either the
+commit or the planned keys moved since (Nomad's check-index): what a reviewer approved is
+what gets applied, or nothing is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kaylee_sync.cli.common import etcd_options, etcd_settings_from
+from kaylee_sync.cli.gitopts import source_options, source_settings_from
+from kaylee_sync.errors import UsageError
+from kaylee_sync.plan.against import actual_from_desired
+from kaylee_sync.plan.compute import make_plan, short_commit
+from kaylee_sync.plan.model import Plan
+from kaylee_sync.plan.output_json import plan_from_json, plan_to_json
+from kaylee_sync.plan.output_markdown import render_markdown
+from kaylee_sync.plan.output_text import render_text
+from kaylee_sync.plan.summary import plan_exit_code
+from kaylee_sync.source import GitSource
+from kaylee_sync.store import Store
+from kaylee_sync.sync.actual import read_actual
+from kaylee_sync.sync.apply import apply_plan
+from kaylee_sync.sync.syncer import Syncer, SyncSettings
+
+
+def prune_options(func: Any) -> Any:
+    func = click.option(
+        "--allow-prune-all", is_flag=True, help="Allow deleting every managed unit."
+    )(func)
+    return click.option(
+        "--max-prune",
+        type=click.IntRange(min=0),
+        help="Refuse deleting more than this many units [default: no limit].",
+    )(func)
+
+
+def _color(fmt: str) -> bool:
+    return fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+@click.command()
+@source_options
+@etcd_options
+@prune_options
+@click.option("--ref", help="Commit, branch or tag to plan [default: the branch head].")
+@click.option("--worktree", is_flag=True, help="Plan the working tree, uncommitted files too.")
+@click.option(
+    "--against",
+    metavar="REF",
+    help="Compare with another ref instead of etcd (no etcd needed), e.g. origin/main.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people (coloured on a TTY), markdown for a PR comment, json for tools.",
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also save the plan here, for 'kaylee-sync apply'.")  # fmt: skip
+@click.option("--no-fetch", is_flag=True, help="Do not fetch a remote first.")
+@click.option("--unit-prefix", default="k2", show_default=True, help="Prefix of fleet units.")
+def plan(**params: Any) -> None:
+    """Show what a sync would change: per unit, the spec diff and the fleet effect.
+
+    Exit code 0: no changes; 2: changes; 1: invalid files or an error.
+
+    \b
+    Examples:
+      kaylee-sync plan --repo . --path units
+      kaylee-sync plan --repo . --worktree                 # before committing
+      kaylee-sync plan --repo . --ref HEAD --against origin/main --format markdown
+      kaylee-sync plan --repo . --out plan.json && kaylee-sync apply plan.json --repo .
+    """
+    if params["worktree"] and params["ref"]:
+        raise UsageError("--worktree and --ref are exclusive: the worktree is HEAD plus edits")
+    with GitSource(source_settings_from(params, params["unit_prefix"])) as source:
+        if source.local_path is None and not params["no_fetch"]:
+            source.fetch()
+        settings = SyncSettings(
+            max_prune=params["max_prune"],
+            allow_prune_all=params["allow_prune_all"],
+            unit_prefix=params["unit_prefix"],
+        )
+        if params["against"]:
+            result = _plan_against(source, params, settings)
+        else:
+            with Store(etcd_settings_from(params)) as store:
+                syncer = Syncer(source, store, settings)
+                result = syncer.plan(syncer.desired(params["ref"], worktree=params["worktree"]))
+    _emit(result, params)
+    sys.exit(plan_exit_code(result))
+
+
+def _plan_against(source: GitSource, params: dict[str, Any], settings: SyncSettings) -> Plan:
+    base_commit = source.resolve(params["against"])
+    base = source.desired(base_commit)
+    label = f"{params['against']} ({short_commit(base_commit)})"
+    head = (
+        source.worktree_desired()
+        if params["worktree"]
+        else source.desired(source.resolve(params["ref"]))
+    )
+    return make_plan(
+        head,
+        actual_from_desired(base, label),
+        now=time.time(),
+        max_prune=settings.max_prune,
+        allow_prune_all=settings.allow_prune_all,
+        unit_prefix=settings.unit_prefix,
+    )
+
+
+def _emit(result: Plan, params: dict[str, Any]) -> None:
+    document = plan_to_json(result)
+    if params["out"] is not None:
+        saved = {**document, "ref": params["ref"], "made_at": time.time()}
+        params["out"].write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    if params["fmt"] == "json":
+        click.echo(json.dumps(document, indent=2, sort_keys=True))
+    elif params["fmt"] == "markdown":
+        click.echo(render_markdown(result), nl=False)
+    else:
+        click.echo(render_text(result, color=_color(params["fmt"])), nl=False)
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@source_options
+@etcd_options
+@click.option("--no-fetch", is_flag=True, help="Do not fetch a remote first.")
+def apply(file: Path, **params: Any) -> None:
+    """Apply exactly the plan saved by 'kaylee-sync plan --out FILE'.
+
+    Refused if the branch (or ref) has moved to another commit, or if any unit, the
+    inventory or a suspension changed in etcd since the plan was made.
+
+    \b
+    Example:
+      kaylee-sync plan --repo . --out plan.json
+      kaylee-sync apply plan.json --repo .
+    """
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{file}: cannot read the plan: {exc}") from exc
+    if not isinstance(document, dict):
+        raise UsageError(f"{file}: not a kaylee-sync plan")
+    ref = document.pop("ref", None)
+    document.pop("made_at", None)
+    saved = plan_from_json(document, source=str(file))
+    if saved.against != "etcd":
+        raise UsageError(f"{file}: a plan made --against {saved.against} cannot be applied")
+    if any(u.blob.startswith("worktree:") for u in saved.desired.units.values()):
+        raise UsageError(f"{file}: a --worktree plan shows uncommitted files; commit them first")
+    with GitSource(source_settings_from(params)) as source:
+        if source.local_path is None and not params["no_fetch"]:
+            source.fetch()
+        commit = source.resolve(ref)
+        if commit != saved.desired.commit:
+            raise UsageError(
+                f"{file}: {ref or source.branch} moved from {short_commit(saved.desired.commit)} "
+                f"to {short_commit(commit)} since the plan was made; run plan again"
+            )
+    with Store(etcd_settings_from(params)) as store:
+        actual = read_actual(store)
+        if actual.state_index != saved.state_index:
+            raise UsageError(
+                f"{file}: etcd changed since the plan was made (units, inventory or "
+                "suspensions); run plan again"
+            )
+        result = apply_plan(store, saved, actual.inventory, fence=None, suspended=actual.suspended)
+    click.echo(
+        f"applied {short_commit(saved.desired.commit)}: {result.created} created, "
+        f"{result.updated} updated, {result.deleted} deleted"
+    )

@@ -1,0 +1,173 @@
+"""What the daemon tells Prometheus: the metrics, and the few calls that update them.
+
+The metrics live on their own :class:`~prometheus_client.CollectorRegistry` rather than
+the library's global one, so that two daemons in one process (the tests) do not collide
+and /metrics shows exactly what this module declares (plus the usual process_* and
+python_* series, registered here explicitly).
+
+Label values are closed sets, declared below and created at zero up front: a series
+that appears only after the first error cannot be graphed or alerted on with
+``rate()``, and an unbounded label (a unit name, an error message) would let one bad
+repository blow up the time-series database.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+PREFIX = "kaylee_sync"
+
+#: counts of the last plan, by what it does to a unit
+UNIT_STATES = ("create", "update", "delete", "unchanged", "suspended", "invalid", "prune-refused")
+#: where an error happened
+ERROR_STAGES = ("git", "etcd", "fleet", "other")
+#: how a sync ended: applied cleanly / applied, but some files were invalid or the prune
+#: guard refused deletions / nothing applied
+SYNC_RESULTS = ("ok", "partial", "error")
+#: the scheduler's rollout phases (scheduler.decide.Decision.phase)
+ROLLOUT_PHASES = (
+    "steady",
+    "deploying",
+    "rolling",
+    "scaling",
+    "replacing",
+    "failed",
+    "deleting",
+    "waiting",
+)
+#: a sync is usually well under a second; a large repository over a slow link may take
+#: a minute
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    """The daemon's metrics. Every method is thread-safe (prometheus_client's are)."""
+
+    def __init__(self, *, process_metrics: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.commit = Info(
+            f"{PREFIX}_last_synced_commit",
+            "The commit the last successful sync applied.",
+            [],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            f"{PREFIX}_last_success_timestamp_seconds",
+            "Unix time of the last successful sync.",
+            registry=r,
+        )
+        self.lag = Gauge(
+            f"{PREFIX}_commit_lag_seconds",
+            "Seconds from the synced commit's commit time until it was applied to etcd.",
+            registry=r,
+        )
+        self.duration = Histogram(
+            f"{PREFIX}_sync_duration_seconds",
+            "How long one sync took (fetch, plan, apply).",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.units = Gauge(
+            f"{PREFIX}_units",
+            "Units in the last plan, by what it does to them.",
+            ["state"],
+            registry=r,
+        )
+        self.invalid_files = Gauge(
+            f"{PREFIX}_invalid_files", "Unit files the last sync found invalid.", registry=r
+        )
+        self.prunes_refused = Counter(
+            f"{PREFIX}_prunes_refused",
+            "Syncs whose deletions the prune guard refused.",
+            registry=r,
+        )
+        self.errors = Counter(
+            f"{PREFIX}_errors", "Errors, by where they happened.", ["stage"], registry=r
+        )
+        self.leader = Gauge(f"{PREFIX}_leader", "1 while this process is the leader.", registry=r)
+        self.rollouts = Gauge(
+            f"{PREFIX}_rollouts", "Units by rollout phase.", ["phase"], registry=r
+        )
+        self.syncs = Counter(f"{PREFIX}_syncs", "Syncs, by result.", ["result"], registry=r)
+        for state in UNIT_STATES:
+            self.units.labels(state=state)
+        for stage in ERROR_STAGES:
+            self.errors.labels(stage=stage)
+        self._phases = set(ROLLOUT_PHASES)  # every phase ever shown, kept at 0 when absent
+        self._phases_lock = threading.Lock()
+        for phase in ROLLOUT_PHASES:
+            self.rollouts.labels(phase=phase)
+        for result in SYNC_RESULTS:
+            self.syncs.labels(result=result)
+        if process_metrics:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+
+    def observe_sync(
+        self,
+        duration: float,
+        commit: str,
+        lag: float | None,
+        counts: Mapping[str, int],
+        invalid: int,
+        prune_refused: bool,
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Record a sync that applied ``commit`` (possibly partially: see SYNC_RESULTS).
+
+        ``counts`` maps UNIT_STATES to the last plan's counts (missing states are 0,
+        unknown ones are ignored); ``lag`` None leaves the lag gauge as it was (nothing
+        new was applied).
+        """
+        self.duration.observe(duration)
+        self.commit.info({"commit": commit})
+        self.last_success.set(time.time() if now is None else now)
+        if lag is not None:
+            self.lag.set(lag)
+        for state in UNIT_STATES:
+            self.units.labels(state=state).set(counts.get(state, 0))
+        self.invalid_files.set(invalid)
+        if prune_refused:
+            self.prunes_refused.inc()
+        result = "partial" if invalid or prune_refused else "ok"
+        self.syncs.labels(result=result).inc()
+
+    def sync_failed(self, duration: float, stage: str) -> None:
+        """Record a sync that applied nothing because ``stage`` failed."""
+        self.duration.observe(duration)
+        self.syncs.labels(result="error").inc()
+        self.error(stage)
+
+    def error(self, stage: str) -> None:
+        """Count one error. A stage outside ERROR_STAGES counts as "other"."""
+        self.errors.labels(stage=stage if stage in ERROR_STAGES else "other").inc()
+
+    def set_leader(self, leader: bool) -> None:
+        self.leader.set(1 if leader else 0)
+
+    def set_rollouts(self, phases: Mapping[str, int]) -> None:
+        """Units by rollout phase, from the scheduler's last pass (absent phases are 0).
+
+        A phase outside ROLLOUT_PHASES gets its own series: phases are a small set
+        owned by the scheduler, and hiding a new one would be worse than showing it.
+        """
+        with self._phases_lock:
+            self._phases.update(phases)
+            for phase in self._phases:
+                self.rollouts.labels(phase=phase).set(phases.get(phase, 0))

@@ -1,0 +1,291 @@
+"""The planner: what a commit wants vs what etcd holds → one Plan, decided in one place.
+
+Every rule the team decided about syncing (design.md, "Semantics the team has decided")
+that can be decided without I/O lives here, so that ``kaylee-sync plan``, the daemon and
+the tests agree by construction:
+
+- an invalid file blocks only its own unit, which keeps its etcd entry (the inventory
+  maps the file to its unit even when the file no longer parses);
+- only units the inventory lists are deleted, and units created outside Git are never
+  shown or touched;
+- prune guards refuse a commit that would delete every managed unit, or more than
+  ``max_prune`` of them; the other changes still go ahead;
+- drift (a managed unit changed by hand) is put back, and said so;
+- a suspended unit is left alone but shown, with what Git would have done; a suspension
+  that has run out no longer counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kaylee_sync.plan.diffs import unified_diff
+from kaylee_sync.plan.effect import create_effect, delete_effect, update_effect
+from kaylee_sync.plan.model import (
+    Action,
+    ActualState,
+    DesiredState,
+    DesiredUnit,
+    FileProblem,
+    InventoryEntry,
+    Plan,
+    PlanEntry,
+    Suspension,
+)
+
+# What Git would do to a unit, said of a suspended one.
+_GIT_WOULD = {
+    Action.CREATE: "Git would create it",
+    Action.UPDATE: "Git would update it",
+    Action.DELETE: "Git would delete it",
+    Action.UNCHANGED: "Git agrees with it",
+}
+
+
+def make_plan(
+    desired: DesiredState,
+    actual: ActualState,
+    *,
+    now: float,
+    max_prune: int | None = None,
+    allow_prune_all: bool = False,
+    unit_prefix: str = "k2",
+    generations: Mapping[str, int] | None = None,
+) -> Plan:
+    """The plan that makes etcd follow ``desired``; ``now`` (unix seconds) ends suspensions."""
+    planner = _Planner(desired, actual, now, unit_prefix, generations or {})
+    entries = planner.invalid_entries()
+    for name, unit in desired.units.items():
+        if name not in entries:  # an invalid file claiming the name wins: hands off
+            entries[name] = planner.desired_entry(unit)
+    deletions = planner.deletions(entries.keys())
+    refused = planner.prune_refusal(deletions, max_prune, allow_prune_all)
+    for name, inv in deletions.items():
+        entries[name] = planner.delete_entry(name, inv, refused)
+    return Plan(
+        desired=desired,
+        against=actual.source,
+        entries=tuple(entries[name] for name in sorted(entries)),
+        problems=desired.problems,
+        prune_refused=refused,
+        state_index=actual.state_index,
+        inventory_revision=actual.inventory_revision,
+        expired_suspensions=tuple(sorted(n for n, s in actual.suspended.items() if s.expired(now))),
+    )
+
+
+def short_commit(commit: str) -> str:
+    """The 7-digit form of a commit, or "worktree" for a state read from a work tree."""
+    return commit[:7] if commit else "worktree"
+
+
+def format_time(t: float) -> str:
+    """A unix time for people, in UTC so that a plan does not depend on the machine."""
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def suspension_text(s: Suspension) -> str:
+    """Who suspended a unit, until when and why: "suspended by alice until resumed: hotfix"."""
+    until = f"until {format_time(s.until)}" if s.until is not None else "until resumed"
+    text = f"suspended by {s.who or 'someone'} {until}"
+    return f"{text}: {s.reason}" if s.reason else text
+
+
+@dataclass
+class _Planner:
+    """The facts one plan is made from, and the rule for each kind of entry."""
+
+    desired: DesiredState
+    actual: ActualState
+    now: float
+    prefix: str
+    generations: Mapping[str, int]
+
+    def __post_init__(self) -> None:
+        self.inventory: dict[str, InventoryEntry] = (
+            self.actual.inventory.units if self.actual.inventory is not None else {}
+        )
+        self.suspended = {n: s for n, s in self.actual.suspended.items() if not s.expired(self.now)}
+        self.commit = short_commit(self.desired.commit)
+        self.by_path = {u.path: u.name for u in self.desired.units.values()}
+
+    # -- labels and shared parts -------------------------------------------------------
+
+    def _diff(self, name: str, old: str | None, new: str | None, path: str, note: str = "") -> str:
+        old_label = f"{self.actual.source} units/{name}"
+        return unified_diff(old, new, old_label, f"{path} @ {self.commit}{note}")
+
+    def _suspended(self, name: str, would: Action, entry: PlanEntry) -> PlanEntry:
+        """``entry`` turned into the SUSPENDED entry it becomes while the unit is suspended."""
+        s = self.suspended[name]
+        return PlanEntry(
+            name=name,
+            action=Action.SUSPENDED,
+            path=entry.path,
+            reason=f"{_GIT_WOULD[would]}, but it is {suspension_text(s)}",
+            old_value=entry.old_value,
+            new_value=entry.new_value,
+            mod_revision=entry.mod_revision,
+            diff=entry.diff,
+            effect=None,
+        )
+
+    # -- invalid files -----------------------------------------------------------------
+
+    def invalid_entries(self) -> dict[str, PlanEntry]:
+        """An INVALID entry for each unit an invalid file belongs to (by name or inventory)."""
+        by_path: dict[str, list[str]] = {}
+        for name, inv in self.inventory.items():
+            by_path.setdefault(inv.path, []).append(name)
+        owners: dict[str, list[FileProblem]] = {}
+        for problem in self.desired.problems:
+            names = [problem.name] if problem.name else []
+            # The unit the file used to define keeps its entry too, unless another (valid)
+            # file defines that unit now (a file renamed or split).
+            names += [
+                n
+                for n in by_path.get(problem.path, ())
+                if n != problem.name and n not in self.desired.units
+            ]
+            for name in names:
+                owners.setdefault(name, []).append(problem)
+        return {name: self._invalid_entry(name, problems) for name, problems in owners.items()}
+
+    def _invalid_entry(self, name: str, problems: list[FileProblem]) -> PlanEntry:
+        paths = sorted({p.path for p in problems})
+        if len(paths) == 1:
+            files = f"{paths[0]} is invalid"
+        elif len(paths) == 2:
+            files = f"{paths[0]} and {paths[1]} are invalid"
+        else:
+            files = f"{paths[0]} and {len(paths) - 1} other files are invalid"
+        current = self.actual.units.get(name)
+        reason = f"{files}; units/{name} is " + ("left as it is" if current else "not created")
+        if name in self.suspended:
+            reason += f" (it is also {suspension_text(self.suspended[name])})"
+        return PlanEntry(
+            name=name,
+            action=Action.INVALID,
+            path=paths[0],
+            reason=reason,
+            old_value=current.value if current else None,
+            new_value=None,
+            mod_revision=current.mod_revision if current else 0,
+            diff="",
+            effect=None,
+            issues=tuple(issue for p in problems for issue in p.issues),
+        )
+
+    # -- units the commit has ----------------------------------------------------------
+
+    def desired_entry(self, unit: DesiredUnit) -> PlanEntry:
+        name = unit.name
+        current = self.actual.units.get(name)
+        generation = self.generations.get(name, 0)
+        effect = None
+        if current is None:
+            action, reason = Action.CREATE, self._create_reason(unit)
+            effect = create_effect(unit.spec, self.prefix, generation)
+        elif current.value == unit.value:
+            action, reason = Action.UNCHANGED, "unchanged"
+        else:
+            action, reason = Action.UPDATE, self._update_reason(unit)
+            effect = update_effect(current.value, unit.spec, name, self.prefix, generation)
+        old = current.value if current else None
+        entry = PlanEntry(
+            name=name,
+            action=action,
+            path=unit.path,
+            reason=reason,
+            old_value=old,
+            new_value=unit.value,
+            mod_revision=current.mod_revision if current else 0,
+            diff=self._diff(name, old, unit.value, unit.path),
+            effect=effect,
+        )
+        return self._suspended(name, action, entry) if name in self.suspended else entry
+
+    def _create_reason(self, unit: DesiredUnit) -> str:
+        inv = self.inventory.get(unit.name)
+        if inv is None:
+            return "new file"
+        if inv.blob == unit.blob:
+            return f"drift: units/{unit.name} was deleted in etcd outside Git; putting it back"
+        return f"file changed (units/{unit.name} was missing in etcd)"
+
+    def _update_reason(self, unit: DesiredUnit) -> str:
+        inv = self.inventory.get(unit.name)
+        if inv is None:
+            return "takes over a unit created outside Git"
+        if inv.blob == unit.blob:
+            return f"drift: units/{unit.name} was changed in etcd outside Git; putting it back"
+        return "file changed"
+
+    # -- deletions and the prune guards ------------------------------------------------
+
+    def deletions(self, planned: Collection[str]) -> dict[str, InventoryEntry]:
+        """Managed units in etcd that no entry planned keeps (suspended ones included)."""
+        return {
+            name: inv
+            for name, inv in self.inventory.items()
+            if name not in planned and name in self.actual.units
+        }
+
+    def prune_refusal(
+        self, deletions: Mapping[str, InventoryEntry], max_prune: int | None, allow_all: bool
+    ) -> str:
+        """Why the deletions are refused, or "" if they may go ahead."""
+        real = [n for n in deletions if n not in self.suspended]
+        if not real or allow_all:
+            return ""
+        managed = sum(1 for n in self.inventory if n in self.actual.units)
+        # A commit that drops every unit is judged on what it asks for: suspended units
+        # it would delete count, or suspending one unit would disarm the guard.
+        if len(deletions) == managed:
+            return (
+                f"refusing to delete every managed unit ({managed}); "
+                "pass --allow-prune-all if that is intended"
+            )
+        if max_prune is not None and len(real) > max_prune:
+            return (
+                f"refusing to delete {len(real)} units, more than --max-prune {max_prune}; "
+                "pass --allow-prune-all (or a higher --max-prune) if that is intended"
+            )
+        return ""
+
+    def delete_entry(self, name: str, inv: InventoryEntry, refused: str) -> PlanEntry:
+        current = self.actual.units[name]
+        # A file still there that now declares another unit is not "gone": say what happened.
+        successor = self.by_path.get(inv.path)
+        if successor is None:
+            path, gone = None, f"{inv.path} was removed from Git"
+        else:
+            path, gone = inv.path, f"{inv.path} now declares units/{successor}"
+        entry = PlanEntry(
+            name=name,
+            action=Action.DELETE,
+            path=path,
+            reason=gone,
+            old_value=current.value,
+            new_value=None,
+            mod_revision=current.mod_revision,
+            diff=self._diff(name, current.value, None, inv.path, " (removed)"),
+            effect=delete_effect(current.value, name, self.prefix, self.generations.get(name, 0)),
+        )
+        if name in self.suspended:
+            return self._suspended(name, Action.DELETE, entry)
+        if refused:
+            return PlanEntry(
+                name=name,
+                action=Action.PRUNE_REFUSED,
+                path=path,
+                reason=f"{gone}, but the prune guard refused to delete it",
+                old_value=entry.old_value,
+                new_value=None,
+                mod_revision=entry.mod_revision,
+                diff=entry.diff,
+                effect=None,
+            )
+        return entry

@@ -1,0 +1,166 @@
+"""The data a plan is made of: what a commit wants, what etcd holds, and the difference.
+
+These are plain frozen dataclasses so that every layer can share them without I/O:
+``source`` builds a :class:`DesiredState` from a commit, ``sync`` reads an
+:class:`ActualState` from etcd (or ``plan --against`` builds one from another commit),
+:func:`kaylee_sync.plan.compute.make_plan` turns the two into a :class:`Plan`, and
+``sync`` applies it. Nothing here knows where the data came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from kaylee_sync.errors import Issue
+from kaylee_sync.spec.model import UnitSpec
+
+
+@dataclass(frozen=True)
+class DesiredUnit:
+    """A valid unit file at a commit."""
+
+    name: str
+    path: str  # repo-relative, "/"-separated, e.g. "units/web.yaml"
+    blob: str  # the git blob id (hex); for --worktree files "worktree:<sha1 of content>"
+    spec: UnitSpec
+    value: str  # the canonical JSON stored in etcd (kaylee_sync.spec.to_json(spec))
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """A file in the unit path that cannot be deployed, with every issue found in it.
+
+    ``name`` is the unit the file declared when that much could be read (None when the
+    file did not even parse); the planner also maps the path to a unit via the inventory.
+    """
+
+    path: str
+    blob: str | None
+    issues: tuple[Issue, ...]
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Every unit file below the unit path at one commit."""
+
+    repo: str  # display form of the repository: credentials already removed
+    branch: str
+    path: str  # the unit path inside the repo ("" = the whole tree)
+    commit: str  # full hex sha ("" for a worktree state with no commit)
+    units: dict[str, DesiredUnit] = field(default_factory=dict)  # by unit name
+    problems: tuple[FileProblem, ...] = ()  # sorted by path
+    committed_at: float | None = None  # commit time (unix seconds), for the lag metric
+
+
+@dataclass(frozen=True)
+class InventoryEntry:
+    path: str
+    blob: str
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """``sync/inventory``: which units Git owns, and from which file/blob each came."""
+
+    repo: str
+    branch: str
+    path: str
+    commit: str
+    units: dict[str, InventoryEntry] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ActualUnit:
+    """``units/<name>`` as read from etcd."""
+
+    name: str
+    value: str
+    mod_revision: int  # 0 when the state did not come from etcd (plan --against)
+
+
+@dataclass(frozen=True)
+class Suspension:
+    """``sync/suspended/<name>``: Git sync leaves the unit alone."""
+
+    name: str
+    who: str
+    reason: str
+    since: float  # unix seconds
+    until: float | None = None  # unix seconds; None = until resumed
+    mod_revision: int = 0
+
+    def expired(self, now: float) -> bool:
+        return self.until is not None and now >= self.until
+
+
+@dataclass(frozen=True)
+class ActualState:
+    """What etcd holds (or, for ``plan --against``, what another commit would put there)."""
+
+    units: dict[str, ActualUnit] = field(default_factory=dict)
+    inventory: Inventory | None = None
+    inventory_revision: int = 0  # mod revision of sync/inventory; 0 = absent
+    suspended: dict[str, Suspension] = field(default_factory=dict)
+    state_index: str = ""  # fingerprint of the keys read (see sync); "" for --against
+    source: str = "etcd"  # "etcd" or a description such as "origin/main (1a2b3c4)"
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    UNCHANGED = "unchanged"
+    SUSPENDED = "suspended"  # Git differs (or not) but the unit is suspended: left alone
+    INVALID = "invalid"  # the unit's file is invalid: its etcd entry is left as it is
+    PRUNE_REFUSED = "prune-refused"  # would be deleted, but a prune guard refused
+
+
+CHANGES = frozenset({Action.CREATE, Action.UPDATE, Action.DELETE})
+
+
+@dataclass(frozen=True)
+class FleetEffect:
+    """What the scheduler will do in fleet because of one entry."""
+
+    summary: str  # one line, e.g. "rolling replacement of 4 replicas, one at a time"
+    old_units: tuple[str, ...] = ()  # fleet unit names that go away
+    new_units: tuple[str, ...] = ()  # fleet unit names that appear
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    name: str
+    action: Action
+    path: str | None  # the unit's file (None for a delete of a file that is gone)
+    reason: str  # one line: why this action ("new file", "drift: changed in etcd by hand", …)
+    old_value: str | None  # JSON in etcd now (None: absent)
+    new_value: str | None  # JSON the commit wants (None: delete / invalid)
+    mod_revision: int  # of units/<name> when read; 0 = absent (the apply guard)
+    diff: str  # unified diff of old vs new JSON, pretty-printed; "" when none
+    effect: FleetEffect | None
+    issues: tuple[Issue, ...] = ()  # for INVALID
+
+
+@dataclass(frozen=True)
+class Plan:
+    desired: DesiredState
+    against: str  # "etcd" or the --against description
+    entries: tuple[PlanEntry, ...]  # sorted by name
+    problems: tuple[FileProblem, ...]  # every invalid file (also those naming no unit)
+    prune_refused: str = ""  # why deletions were refused ("" = they were not)
+    state_index: str = ""  # ActualState.state_index the plan was made against
+    inventory_revision: int = 0
+    expired_suspensions: tuple[str, ...] = ()  # names whose suspension has run out
+
+    @property
+    def changes(self) -> tuple[PlanEntry, ...]:
+        return tuple(e for e in self.entries if e.action in CHANGES)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+    def count(self, action: Action) -> int:
+        return sum(1 for e in self.entries if e.action == action)

@@ -1,0 +1,203 @@
+"""The git commands the source runs, through GitPython, with git's errors made ours.
+
+Every command goes through :class:`GitCommands`, which turns a ``GitError`` into a
+:class:`SourceError` (or :class:`SourceUnavailable` for the network) whose message is
+the one line of git's stderr that explains the failure, redacted — never the command
+line, which GitPython puts in its own messages.
+
+Blobs are read in bulk: one ``cat-file --batch-check`` for sizes (so a blob over 1 MiB
+is never read), one ``cat-file --batch`` streaming contents one blob at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import git
+from git.exc import GitCommandError, GitError
+
+from kaylee_sync.source.credentials import redact
+from kaylee_sync.source.errors import SourceError, SourceUnavailable
+
+# What git prints after ssh has said what went wrong; the line before is the useful one.
+_GENERIC = (
+    "fatal: Could not read from remote repository",
+    "Please make sure you have the correct access rights",
+    "and the repository exists",
+)
+
+
+class GitCommands:
+    """One repository (``repo``) and the name it is shown by (``display``)."""
+
+    def __init__(self, repo: git.Repo, display: str) -> None:
+        self.repo = repo
+        self.display = display
+
+    def run(self, *args: str, **kwargs: Any) -> Any:
+        try:
+            return self.repo.git.execute(["git", *args], **kwargs)
+        except GitError as exc:
+            raise SourceError(f"git {args[0]} failed for {self.display}: {reason(exc)}") from exc
+
+    def network(self, *args: str, env: Mapping[str, str], timeout: float) -> str:
+        """A command that talks to the remote: killed after ``timeout`` seconds."""
+        try:
+            out: str = self.repo.git.execute(["git", *args], env=env, kill_after_timeout=timeout)
+        except GitError as exc:
+            why = reason(exc)
+            if isinstance(exc, GitCommandError) and why.startswith("Timeout:"):
+                why = f"no answer within {timeout:g} s"
+            raise SourceUnavailable(f"cannot {args[0]} {self.display}: {why}") from exc
+        return out
+
+    def rev_parse(self, name: str) -> str:
+        """The commit ``name`` names, or "" — read from disk every time, never cached."""
+        status, out, err = self.repo.git.execute(
+            ["git", "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
+            with_extended_output=True,
+            with_exceptions=False,
+        )
+        if status == 0:
+            return out.strip()
+        if err.strip():  # --quiet silences "no such ref": this is git refusing to work
+            raise SourceError(f"git rev-parse failed for {self.display}: {reason(err)}")
+        return ""
+
+    def current_branch(self) -> str:
+        """The checked-out branch; "HEAD" when detached."""
+        status, out, err = self.repo.git.execute(
+            ["git", "symbolic-ref", "--quiet", "--short", "HEAD"],
+            with_extended_output=True,
+            with_exceptions=False,
+        )
+        if status != 0 and err.strip():  # not a detached HEAD: git refused (ownership, …)
+            raise SourceError(f"cannot read {self.display}: {reason(err)}")
+        return out.strip() if status == 0 and out.strip() else "HEAD"
+
+    def ls_tree(self, tree: str) -> Iterator[tuple[str, str, str]]:
+        """``(mode, blob id, path)`` of every entry below ``tree``, recursively."""
+        listing = self.run("ls-tree", "-r", "-z", tree, stdout_as_string=False)
+        # One decode for the whole listing: the loop runs once per file of the tree.
+        for record in os.fsdecode(listing).split("\0"):
+            if record:
+                meta, _, path = record.partition("\t")
+                mode, _, oid = meta.split(" ")
+                yield mode, oid, path
+
+    def blob_sizes(self, oids: Sequence[str]) -> dict[str, int]:
+        with _object_list(oids) as stdin:
+            out = self.run("cat-file", "--batch-check", istream=stdin)
+        sizes = {}
+        for line in out.splitlines():
+            oid, _, size = line.split(" ")
+            sizes[oid] = int(size)
+        missing = set(oids) - set(sizes)
+        if missing:
+            raise SourceError(f"blob {min(missing)} is missing from {self.display}")
+        return sizes
+
+    def blob_contents(self, oids: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        """Streams ``(oid, data)``: one blob in memory at a time, whatever their total."""
+        with _object_list(oids) as stdin:
+            try:
+                proc = self.repo.git.execute(
+                    ["git", "cat-file", "--batch"], istream=stdin, as_process=True
+                )
+            except GitError as exc:
+                raise SourceError(f"git cat-file failed for {self.display}: {reason(exc)}") from exc
+            assert proc.proc is not None and proc.proc.stdout is not None
+            out = proc.proc.stdout
+            try:
+                for oid in oids:
+                    header = out.readline().split()
+                    if len(header) != 3:
+                        raise SourceError(f"blob {oid} is missing from {self.display}")
+                    data = out.read(int(header[2]))
+                    out.read(1)  # the newline after each object
+                    yield oid, data
+                proc.wait()
+            except GitError as exc:
+                raise SourceError(f"git cat-file failed for {self.display}: {reason(exc)}") from exc
+            finally:
+                # Closing our end also stops a git we abandon half-way (SIGPIPE).
+                out.close()
+                if proc.proc is not None and proc.proc.stderr is not None:
+                    proc.proc.stderr.close()
+
+
+def open_repo(path: Path, display: str) -> git.Repo:
+    try:
+        return git.Repo(path)
+    except (GitError, OSError) as exc:
+        # GitPython's errors name only the path; the missing part is the reason.
+        raise SourceError(f"{display} is not a git repository") from exc
+
+
+def init_clone(clone_dir: Path, url: str, display: str) -> None:
+    """Create the bare clone ``clone_dir`` of ``url`` (empty until fetched), atomically.
+
+    It is initialised next to its final place and renamed, so that a crash half-way
+    leaves nothing that looks like a clone; losing the race to another process is fine.
+    """
+    clone_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = tempfile.mkdtemp(prefix=".init-", dir=clone_dir.parent)
+    try:
+        repo = git.Repo.init(staging, bare=True)
+        repo.git.execute(["git", "config", "remote.origin.url", url])
+        repo.close()
+        os.rename(staging, clone_dir)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (clone_dir / "HEAD").exists():  # not a concurrent creator: a real fault
+            raise
+    except GitError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SourceError(f"cannot create a clone of {display}: {reason(exc)}") from exc
+
+
+def find_worktree(start: Path) -> Path | None:
+    """The top of the git work tree that contains ``start``, or None (not in one)."""
+    try:
+        repo = git.Repo(start, search_parent_directories=True)
+    except (GitError, OSError):
+        return None
+    try:
+        return None if repo.bare or repo.working_tree_dir is None else Path(repo.working_tree_dir)
+    finally:
+        repo.close()
+
+
+def reason(exc: GitError | str) -> str:
+    """The line of git's stderr that says what went wrong, redacted; never the command."""
+    stderr = exc if isinstance(exc, str) else getattr(exc, "stderr", "") or ""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode("utf-8", "replace")
+    # GitPython wraps stderr as "\n  stderr: '<text>'".
+    text = stderr.strip().removeprefix("stderr: '").removesuffix("'")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # ssh explains itself ("connect to host … refused", "Host key verification failed")
+    # before git's generic "Could not read from remote repository" and its advice.
+    specific = [line for line in lines if not line.startswith(_GENERIC)]
+    fatal = [line for line in specific if line.startswith(("fatal:", "error:", "ERROR:"))]
+    fallback = "no reason given" if isinstance(exc, str) else type(exc).__name__
+    return redact((fatal or specific or lines or [fallback])[0].removeprefix("fatal: "))[:300]
+
+
+@contextmanager
+def _object_list(oids: Sequence[str]) -> Iterator[BinaryIO]:
+    """A temporary file of object ids, one a line: the stdin of ``cat-file --batch``.
+
+    A file, not a pipe, so that writing thousands of ids cannot block on a full pipe
+    before git starts reading them.
+    """
+    with tempfile.TemporaryFile() as file:
+        file.write("".join(f"{oid}\n" for oid in oids).encode())
+        file.seek(0)
+        yield file

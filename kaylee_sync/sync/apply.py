@@ -1,0 +1,223 @@
+"""Applying a Plan to etcd: guarded, fenced, batched writes, and the inventory around them.
+
+Every transaction carries the caller's ``fence`` (``master`` == this leader's id), so a
+deposed leader writes nothing, and each unit write carries a guard on what the plan saw:
+a create requires the key to be absent, an update or delete requires the mod revision
+read at plan time. A concurrent change (``kaylee run``, ``etcdctl``) therefore makes its
+batch fail with ConflictError; nothing of that batch is written and the next attempt
+re-plans from what is there. Batches are atomic one by one, not together (etcd allows
+128 ops per transaction), so the order of the phases is what keeps ownership safe when
+an apply stops half way (a crash, a lost leadership, a conflict):
+
+1. expired suspensions are removed (logged once they are gone);
+2. if the plan writes units the current inventory does not list (new files, or units
+   adopted from ``kaylee run``), the inventory is first rewritten as the *union* of the
+   old entries and those units. A unit is thus listed before it exists, never after:
+   an apply that stops half way cannot leave behind a unit Git created but no longer
+   knows it owns (listed-but-absent is harmless: the planner just creates it, or drops
+   it when the file is gone);
+3. the unit creates, updates and deletes, in batches;
+4. the new inventory, last and in its own transaction (it is the largest value), guarded
+   by the revision of the inventory the plan — or phase 2 — left. Deleted units leave
+   the inventory only now, after they are gone, so that a stop before this point leaves
+   them owned and the next attempt still prunes them. A plan with no changes rewrites
+   the inventory only if it differs (e.g. the commit moved).
+
+Nothing is written when the new inventory would exceed etcd's request limit
+(:data:`ETCD_MAX_REQUEST_BYTES`); see :mod:`kaylee_sync.sync.inventory` for its size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from kaylee_sync.errors import ConflictError, StoreError, UsageError
+from kaylee_sync.plan.model import Action, Inventory, Plan, PlanEntry, Suspension
+from kaylee_sync.store import Compare, Op, Store, keys
+from kaylee_sync.sync.inventory import encode_inventory, next_inventory
+from kaylee_sync.sync.suspend import decode_suspension
+
+log = logging.getLogger(__name__)
+
+# etcd's default --max-request-bytes (1.5 MiB), less room for the key, the compares and
+# the protobuf framing of the transaction that carries the inventory.
+ETCD_MAX_REQUEST_BYTES = 1536 * 1024
+_REQUEST_OVERHEAD = 4096  # bytes
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    created: int
+    updated: int
+    deleted: int
+    batches: int  # transactions run, inventory writes included
+    revision: int  # the etcd revision once the apply was done (covers all its writes)
+    inventory_written: bool = False
+    resumed: tuple[str, ...] = ()  # units whose expired suspension was removed
+
+
+def apply_plan(
+    store: Store,
+    plan: Plan,
+    old_inventory: Inventory | None,
+    *,
+    fence: Compare | None,
+    batch: int = 64,
+    suspended: Mapping[str, Suspension] | None = None,
+) -> ApplyResult:
+    """Write ``plan`` to etcd (see the module docstring for the order and the guards).
+
+    ``old_inventory`` is the inventory the plan was made against (``ActualState.inventory``)
+    and ``suspended`` its suspensions (``ActualState.suspended``): expired ones are
+    removed only if unchanged since that read. Without ``suspended`` they are read again
+    here and removed only if still expired now.
+
+    Raises ConflictError naming the phase and batch that did not apply (earlier batches
+    stay applied), StoreError if the inventory would be too large (nothing written).
+    """
+    if plan.against != "etcd":
+        raise UsageError(f"a plan made against {plan.against} cannot be applied to etcd")
+    creates = [e for e in plan.entries if e.action == Action.CREATE]
+    updates = [e for e in plan.entries if e.action == Action.UPDATE]
+    deletes = [e for e in plan.entries if e.action == Action.DELETE]
+    unit_ops = _unit_ops(creates, updates, deletes)
+    final = next_inventory(plan, old_inventory)
+    interim = _interim_inventory(old_inventory, final, [e.name for e in creates + updates])
+    # Both inventories are encoded and measured before the first write: a too-big
+    # inventory must stop the apply before any unit is written, not after.
+    final_value = _encoded(final)
+    interim_value = None if interim is None else _encoded(interim)
+
+    txns = 0
+    resumed, ran = _remove_expired(store, plan.expired_suspensions, suspended, fence, batch)
+    txns += ran
+    revision = plan.inventory_revision
+    if interim_value is not None:
+        op = _inventory_op(interim_value, revision)
+        txns += _run("listing new units in sync/inventory", store, [op], fence, batch)
+        revision = _read_back(store, interim_value)
+    if unit_ops:
+        txns += _run("writing units", store, unit_ops, fence, batch)
+    inventory_written = interim is not None
+    if final != (old_inventory if interim is None else interim):
+        op = _inventory_op(final_value, revision)
+        txns += _run("writing sync/inventory", store, [op], fence, batch)
+        inventory_written = True
+    return ApplyResult(
+        created=len(creates),
+        updated=len(updates),
+        deleted=len(deletes),
+        batches=txns,
+        revision=store.revision(),
+        inventory_written=inventory_written,
+        resumed=resumed,
+    )
+
+
+def _unit_ops(
+    creates: Sequence[PlanEntry], updates: Sequence[PlanEntry], deletes: Sequence[PlanEntry]
+) -> list[Op]:
+    ops: list[Op] = []
+    for entry in [*creates, *updates, *deletes]:
+        key = keys.unit_key(entry.name)
+        if entry.action != Action.CREATE and entry.mod_revision <= 0:
+            # Without the revision read at plan time the write would be unguarded.
+            raise ValueError(f"{entry.action} of {entry.name} has no mod revision to guard it")
+        if entry.action == Action.DELETE:
+            guard = Compare.mod_revision_equals(key, entry.mod_revision)
+            ops.append(Op.delete(key, guard=guard))
+            continue
+        if entry.new_value is None:
+            raise ValueError(f"{entry.action} of {entry.name} has no value to write")
+        if entry.action == Action.CREATE:
+            guard = Compare.missing(key)
+        else:
+            guard = Compare.mod_revision_equals(key, entry.mod_revision)
+        ops.append(Op.put(key, entry.new_value, guard=guard))
+    return ops
+
+
+def _interim_inventory(
+    old: Inventory | None, final: Inventory, written: Sequence[str]
+) -> Inventory | None:
+    """The old inventory plus the units about to be written that it does not list."""
+    owned = old.units if old is not None else {}
+    newly = [name for name in written if name not in owned and name in final.units]
+    if not newly:
+        return None
+    base = old if old is not None else Inventory(final.repo, final.branch, final.path, "")
+    units = dict(base.units)
+    units.update((name, final.units[name]) for name in newly)
+    return Inventory(base.repo, base.branch, base.path, base.commit, dict(sorted(units.items())))
+
+
+def _encoded(inventory: Inventory) -> str:
+    value = encode_inventory(inventory)
+    size = len(value.encode("utf-8"))
+    if size + _REQUEST_OVERHEAD > ETCD_MAX_REQUEST_BYTES:
+        raise StoreError(
+            f"{keys.INVENTORY} for {len(inventory.units)} units would take {size} bytes, "
+            f"more than etcd accepts in one request ({ETCD_MAX_REQUEST_BYTES}); "
+            "nothing was written"
+        )
+    return value
+
+
+def _inventory_op(value: str, revision: int) -> Op:
+    guard = (
+        Compare.mod_revision_equals(keys.INVENTORY, revision)
+        if revision > 0
+        else Compare.missing(keys.INVENTORY)
+    )
+    return Op.put(keys.INVENTORY, value, guard=guard)
+
+
+def _read_back(store: Store, value: str) -> int:
+    """The mod revision of the inventory just written (ConflictError if it is not ours)."""
+    stored = store.get(keys.INVENTORY)
+    if stored is None or stored.value != value.encode("utf-8"):
+        raise ConflictError(
+            f"{keys.INVENTORY} changed right after it was written; no unit was written"
+        )
+    return stored.mod_revision
+
+
+def _remove_expired(
+    store: Store,
+    names: Sequence[str],
+    suspended: Mapping[str, Suspension] | None,
+    fence: Compare | None,
+    batch: int,
+) -> tuple[tuple[str, ...], int]:
+    """Delete the expired suspensions (each only if unchanged): (names removed, txns run)."""
+    ops: list[Op] = []
+    removed: list[str] = []
+    for name in names:
+        key = keys.suspended_key(name)
+        if suspended is not None:
+            seen = suspended.get(name)
+            revision = seen.mod_revision if seen is not None else 0
+        else:
+            stored = store.get(key)
+            still = stored is not None and decode_suspension(stored.value, key).expired(time.time())
+            revision = stored.mod_revision if stored is not None and still else 0
+        if revision > 0:
+            ops.append(Op.delete(key, guard=Compare.mod_revision_equals(key, revision)))
+            removed.append(name)
+    if not ops:
+        return (), 0
+    ran = _run("removing expired suspensions", store, ops, fence, batch)
+    for name in removed:
+        log.info("suspension of %s expired; Git sync resumes", name)
+    return tuple(removed), ran
+
+
+def _run(phase: str, store: Store, ops: Sequence[Op], fence: Compare | None, batch: int) -> int:
+    """``store.apply_batched``, with the phase named in a conflict."""
+    try:
+        return store.apply_batched(ops, fence, batch)
+    except ConflictError as exc:
+        raise ConflictError(f"{phase}: {exc}") from exc

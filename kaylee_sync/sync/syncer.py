@@ -1,0 +1,242 @@
+"""One sync attempt: fetch → desired state → actual state → plan → apply → status.
+
+This is the only place that strings the GitOps layers together; the daemon calls
+:meth:`Syncer.sync_once` from its single worker, ``kaylee-sync --once`` calls it once,
+and ``kaylee-sync plan`` calls :meth:`Syncer.plan` (no writes at all).
+
+Safety, in the order it matters: if reading Git or etcd fails, the attempt stops before
+anything is planned — nothing is pruned and nothing is written from partial data; only
+``sync/status`` records the failure. Every write is fenced on ``master`` holding this
+process's identity, and each update is guarded by the mod revision it was planned
+against, so a deposed leader or a concurrent manual change writes nothing (the next
+attempt re-plans from what is there).
+
+An attempt stopped because this process is no longer the leader is not a failure: it is
+reported as ``deposed`` (the daemon neither counts nor logs it as an error) and is not
+recorded in ``sync/status`` — that key belongs to the new leader now, and the fenced
+write would be refused anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kaylee_sync.errors import ConflictError, KayleeError
+from kaylee_sync.plan.compute import make_plan
+from kaylee_sync.plan.model import Action, ActualState, DesiredState, Plan
+from kaylee_sync.source import GitSource, redact
+from kaylee_sync.store import Store, keys
+from kaylee_sync.store.txn import Compare
+from kaylee_sync.sync.actual import read_actual
+from kaylee_sync.sync.apply import ApplyResult, apply_plan
+from kaylee_sync.sync.status import AttemptRecord, read_status, record_attempt, write_status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    max_prune: int | None = None
+    """Refuse a commit that would delete more than this many managed units (None: no limit)."""
+    allow_prune_all: bool = False
+    """Allow a commit to delete every managed unit (and lift ``max_prune``)."""
+    unit_prefix: str = "k2"
+    """Prefix of fleet unit names, for the plan's fleet-level effects."""
+    batch: int = 64
+    """Operations per etcd transaction (etcd allows 128 including compares)."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    ok: bool
+    commit: str = ""
+    plan: Plan | None = None
+    applied: ApplyResult | None = None
+    error: str = ""
+    stage: str = ""  # where it failed: "git", "etcd" or "other"; "leadership" if deposed
+    duration: float = 0.0
+    lag: float | None = None  # seconds from the commit's time to its being in etcd
+    counts: dict[str, int] = field(default_factory=dict)
+    deposed: bool = False  # stopped because this process no longer leads: not an error
+    conflict: bool = False  # a concurrent change in etcd got in the way: worth a re-plan
+
+
+class Syncer:
+    def __init__(
+        self,
+        source: GitSource,
+        store: Store,
+        settings: SyncSettings | None = None,
+        *,
+        identity: str | None = None,
+        is_leader: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.settings = settings or SyncSettings()
+        self.identity = identity
+        self.is_leader = is_leader
+        self.clock = clock
+        self.last_commit = ""
+        # What the last attempt reported about invalid files and refused prunes: the same
+        # complaint is logged once, not at every poll while the commit stays the same.
+        self._last_complaints: tuple[object, ...] = ()
+
+    # -- read only -----------------------------------------------------------------------
+
+    def desired(self, ref: str | None = None, *, worktree: bool = False) -> DesiredState:
+        if worktree:
+            return self.source.worktree_desired()
+        return self.source.desired(self.source.resolve(ref))
+
+    def plan(self, desired: DesiredState, actual: ActualState | None = None) -> Plan:
+        """Plan ``desired`` against ``actual`` (default: what etcd holds now)."""
+        if actual is None:
+            actual = read_actual(self.store)
+        return make_plan(
+            desired,
+            actual,
+            now=self.clock(),
+            max_prune=self.settings.max_prune,
+            allow_prune_all=self.settings.allow_prune_all,
+            unit_prefix=self.settings.unit_prefix,
+            generations=self._generations(),
+        )
+
+    def _generations(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for stored in self.store.get_prefix(keys.RESTART):
+            name = stored.key[len(keys.RESTART) :]
+            try:
+                out[name] = int(stored.value.decode("ascii").strip())
+            except (UnicodeDecodeError, ValueError):
+                continue  # the scheduler reports a bad generation; the plan just shows 0
+        return out
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    def sync_once(self, *, fetch: bool = True) -> SyncResult:
+        """Fetch, plan and apply once; record the attempt in ``sync/status``. Never raises
+        a KayleeError: the result says what failed."""
+        started = self.clock()
+        stage = "git"
+        commit = ""
+        try:
+            commit = self.source.fetch() if fetch else self.source.resolve()
+            desired = self.source.desired(commit)
+            stage = "etcd"
+            actual = read_actual(self.store)
+            plan = self.plan(desired, actual)
+            self._log_plan(plan)
+            if not self.is_leader():
+                return self._deposed(commit, started)
+            applied = apply_plan(
+                self.store,
+                plan,
+                actual.inventory,
+                fence=self._fence(),
+                batch=self.settings.batch,
+                suspended=actual.suspended,
+            )
+        except ConflictError as exc:
+            if not self.is_leader():
+                return self._deposed(commit, started)  # the fence on master refused it
+            return self._failed(commit, stage, exc, started, conflict=True)
+        except KayleeError as exc:
+            return self._failed(commit, stage, exc, started)
+        done = self.clock()
+        # The lag is measured only when this attempt brought the commit to etcd: a poll
+        # that finds the same commit again would otherwise report its age as lag.
+        brought = actual.inventory is None or actual.inventory.commit != commit
+        lag = (
+            max(0.0, done - desired.committed_at)
+            if brought and desired.committed_at is not None
+            else None
+        )
+        counts = {a.value: plan.count(a) for a in Action}
+        result = SyncResult(True, commit, plan, applied, "", "", done - started, lag, counts)
+        if applied.created or applied.updated or applied.deleted or commit != self.last_commit:
+            log.info(
+                "synced %s: %d created, %d updated, %d deleted, %d unchanged, %d invalid (%.2f s)",
+                commit[:12],
+                applied.created,
+                applied.updated,
+                applied.deleted,
+                counts["unchanged"],
+                len(plan.problems),
+                result.duration,
+            )
+        self.last_commit = commit
+        self._record(result)
+        return result
+
+    def _failed(
+        self, commit: str, stage: str, exc: KayleeError, started: float, *, conflict: bool = False
+    ) -> SyncResult:
+        error = redact(str(exc))
+        log.error("sync of %s failed (%s): %s", commit[:12] or "?", stage, error)
+        duration = self.clock() - started
+        result = SyncResult(
+            False, commit, error=error, stage=stage, duration=duration, conflict=conflict
+        )
+        self._record(result)
+        return result
+
+    def _deposed(self, commit: str, started: float) -> SyncResult:
+        log.info("sync of %s stopped: this process is no longer the leader", commit[:12] or "?")
+        return SyncResult(
+            False,
+            commit,
+            error="no longer the leader; nothing more written",
+            stage="leadership",
+            duration=self.clock() - started,
+            deposed=True,
+        )
+
+    def _fence(self) -> Compare | None:
+        return None if self.identity is None else Compare.value_equals(keys.MASTER, self.identity)
+
+    def _log_plan(self, plan: Plan) -> None:
+        for entry in plan.entries:
+            if entry.action in (Action.UPDATE, Action.CREATE) and entry.reason.startswith("drift"):
+                log.warning("%s: %s", entry.name, entry.reason)
+        complaints = (
+            plan.desired.commit,
+            tuple(i for p in plan.problems for i in p.issues),
+            plan.prune_refused,
+        )
+        if complaints == self._last_complaints:
+            return
+        self._last_complaints = complaints
+        for issue in complaints[1]:
+            log.warning("invalid unit file: %s", issue)
+        if plan.prune_refused:
+            log.warning("prune refused: %s", plan.prune_refused)
+
+    def _record(self, result: SyncResult) -> None:
+        plan = result.plan
+        attempt = AttemptRecord(
+            time=self.clock(),
+            commit=result.commit,
+            ok=result.ok,
+            error=result.error,
+            counts=result.counts,
+            problems=[
+                {"file": i.file, "line": i.line, "field": i.field, "reason": i.reason}
+                for p in (plan.problems if plan else ())
+                for i in p.issues
+            ],
+            prune_refused=plan.prune_refused if plan else "",
+            duration_seconds=round(result.duration, 3),
+            leader=self.identity or "",
+        )
+        try:
+            write_status(
+                self.store, record_attempt(read_status(self.store), attempt), fence=self._fence()
+            )
+        except KayleeError as exc:
+            log.warning("could not record the sync status: %s", redact(str(exc)))
