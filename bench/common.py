@@ -118,9 +118,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
     """The options every benchmark takes; a benchmark adds its own."""
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "--runs", type=int, default=5, help="measured runs per number (median; default 5)"
@@ -189,9 +189,10 @@ def bench_main(
     run: Callable[[argparse.Namespace], list[Measurement]],
     configure: Callable[[argparse.ArgumentParser], None] | None = None,
     argv: Sequence[str] | None = None,
+    prog: str | None = None,
 ) -> int:
     """Parse the options, run the benchmark, print its results; the exit code."""
-    p = parser(description)
+    p = parser(description, prog)
     if configure is not None:
         configure(p)
     args = p.parse_args(argv)

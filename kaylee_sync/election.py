@@ -35,7 +35,8 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -61,6 +62,26 @@ def make_identity() -> str:
 def current_leader(store: Store) -> str | None:
     """The id held in ``master``, None when no daemon leads right now."""
     return store.leader()
+
+
+@contextmanager
+def lead_once(store: Store, identity: str, ttl: int) -> Iterator[None]:
+    """Lead for one short job (``kaylee-sync --once``, ``apply``) if nobody leads.
+
+    ``master`` is taken on a lease of ``ttl`` seconds (long enough for the job: it is not
+    renewed) and revoked afterwards; StoreError names the leader if one is running, so
+    a one-off job never writes beside a daemon.
+    """
+    lease = store.lease(ttl)
+    try:
+        if not store.txn([Compare.missing(MASTER)], [Op.put(MASTER, identity, lease=lease)]):
+            raise StoreError(
+                f"{store.leader() or 'another process'} is leading; a daemon already syncs "
+                "this cluster (stop it, or let it do the work)"
+            )
+        yield
+    finally:
+        store.revoke(lease)
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,12 @@ class ElectionSettings:
                 f"safety_margin must be positive and below {self.lease_ttl - longest:.2f} s "
                 f"(the TTL minus the longest renewal interval), not {self.safety_margin}"
             )
+
+    @classmethod
+    def for_ttl(cls, lease_ttl: int) -> ElectionSettings:
+        """Settings for a ``--lease-ttl``: the margin shrinks with short TTLs (a fifth of
+        the TTL, at least 1 s, at most the default 2 s) so every TTL etcd allows works."""
+        return cls(lease_ttl=lease_ttl, safety_margin=min(2.0, max(1.0, lease_ttl / 5)))
 
     @property
     def keepalive_interval(self) -> float:

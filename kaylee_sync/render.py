@@ -49,6 +49,11 @@ def go_quote(s: str) -> str:
     space; Python's unicodedata may be a Unicode version apart, which only matters for
     characters assigned in between.
     """
+    # The common case, printable ASCII with nothing to escape, is the string in quotes.
+    # Rendering calls this for every env var and host volume of every unit, so the
+    # per-character loop below costs seconds in a plan of 10,000 units (bench/repo_sync).
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return f'"{s}"'
     out = ['"']
     for char in s:
         code = ord(char)
@@ -158,13 +163,19 @@ def render_units(spec: UnitSpec, prefix: str = "k2", generation: int = 0) -> tup
     """Every fleet unit of the spec, instance 1 first."""
     hash6 = spec_hash6(spec, generation)
     slots = slot_ids(spec.name, hash6, spec.slots)
-    units = []
-    for index in range(1, spec.instance_count + 1):
-        slot = slots[index % len(slots)]
-        name = str(UnitName(prefix, spec.name, hash6, slot, index))
-        options = render_options(spec, name, conflicts_for(spec, prefix, hash6, slot))
-        units.append(FleetUnit(name, options))
-    return tuple(units)
+    return tuple(
+        _render_unit(spec, prefix, hash6, slots, index)
+        for index in range(1, spec.instance_count + 1)
+    )
+
+
+def _render_unit(
+    spec: UnitSpec, prefix: str, hash6: str, slots: Sequence[str], index: int
+) -> FleetUnit:
+    """Instance ``index`` of the spec (``render_units``' loop body)."""
+    slot = slots[index % len(slots)]
+    name = str(UnitName(prefix, spec.name, hash6, slot, index))
+    return FleetUnit(name, render_options(spec, name, conflicts_for(spec, prefix, hash6, slot)))
 
 
 def render_options(
@@ -273,7 +284,11 @@ def render_issues(spec: UnitSpec, filename: str, prefix: str = "k2") -> list[Iss
     ``ExecStart`` line grows with every arg, volume and app, so no single field's limit
     can prevent it. The last instance has the longest name, so it is the one checked.
     """
-    unit = render_units(spec, prefix)[-1]
+    # Only that instance is rendered: every file of a repository is checked on load,
+    # and rendering all replicas of 10,000 units to keep one was most of the cost.
+    hash6 = spec_hash6(spec)
+    slots = slot_ids(spec.name, hash6, spec.slots)
+    unit = _render_unit(spec, prefix, hash6, slots, spec.instance_count)
     issues = []
     for option in unit.options:
         size = len(f"{option.name}={option.value}".encode("utf-8", "surrogatepass"))

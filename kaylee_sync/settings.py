@@ -13,6 +13,7 @@ from typing import ClassVar
 from urllib.parse import urlsplit
 
 from kaylee_sync.errors import UsageError
+from kaylee_sync.secrets import register_secret
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class EtcdSettings:
         # Frozen: normalised values are written once, here, through object.__setattr__.
         object.__setattr__(self, "endpoints", tuple(_check_endpoint(e) for e in self.endpoints))
         object.__setattr__(self, "prefix", _normalise_prefix(self.prefix))
+        register_secret(self.password)  # never in a log line, status or error from now on
         if not self.endpoints:
             raise UsageError("no etcd endpoint given (--etcd-endpoints)")
         if (self.cert_file is None) != (self.key_file is None):

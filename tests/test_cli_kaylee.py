@@ -268,6 +268,18 @@ def test_run_wait_exits_1_with_the_reason_when_the_rollout_fails(
     assert "Traceback" not in broken.output
 
 
+@pytest.mark.slow
+def test_run_wait_exits_1_with_the_reason_when_a_first_deploy_never_runs(
+    kaylee, scheduling, etcd_prefix, tmp_path
+):
+    fleet = ["--fleet-prefix", etcd_prefix + "/fleet/"]
+    broken = kaylee("run", str(web_yaml(tmp_path, "docker://broken:1")), "--wait", *fleet)
+    assert broken.exit_code == 1
+    last = broken.output.strip().splitlines()[-1]
+    assert last.startswith("error: web: rollout failed: k2:web:")
+    assert "did not run within 2s (no older instances to keep" in last
+
+
 def test_run_wait_gives_up_when_no_server_leads(etcd_settings, tmp_path):
     spec = UnitSpec(name="web", replicas=2, apps=(App("docker://web:1"),))
     out = io.StringIO()

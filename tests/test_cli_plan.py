@@ -219,3 +219,24 @@ def test_apply_refuses_plans_that_do_not_describe_a_commit_against_etcd(
     assert refused.exit_code == 1 and "cannot be applied" in refused.stderr
     stored = store.get(keys.unit_key("web"))
     assert stored is not None and b"web:1" in stored.value
+
+
+def test_apply_refuses_while_a_daemon_leads_and_writes_nothing(
+    synced: GitRepo, store: Store, etcd_args: list[str], tmp_path: Path
+) -> None:
+    synced.write("units/web.yaml", unit_yaml("web", "example.com/web:3"))
+    synced.commit("change")
+    saved = tmp_path / "plan.json"
+    assert plan(synced, "--out", str(saved), *etcd_args).exit_code == 2
+    before = store.get_unit("web")
+    lease = store.lease(30)
+    store.put("master", "node-7:123:abc", lease=lease)
+    try:
+        refused = apply(synced, saved, *etcd_args)
+    finally:
+        store.revoke(lease)
+    assert refused.exit_code == 1
+    assert "node-7:123:abc is leading" in refused.stderr
+    assert store.get_unit("web") == before
+    assert store.leader() is None  # the refused apply left no leadership of its own behind
+    assert apply(synced, saved, *etcd_args).exit_code == 0

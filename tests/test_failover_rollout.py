@@ -177,6 +177,7 @@ def handover_mid_rollout(fleet: Fleet, how: signal.Signals) -> None:
     # The standby must not have started from scratch: the rollout was really interrupted.
     mid = fleet.snapshot()
     assert of("web", mid.units, old_web), "the rollout finished before the handover"
+    assert not of("db", mid.running, new_db), "db was replaced before the handover"
 
     def finished() -> bool:
         s = fleet.snapshot()
@@ -194,6 +195,7 @@ def handover_mid_rollout(fleet: Fleet, how: signal.Signals) -> None:
     fleet._sampler.join(5)
 
     samples = [*fleet.samples, end]
+    assert len(samples) > 30, "the sampler did not watch the handover"
     low = min(len(of("web", s.running)) for s in samples)
     assert low >= 3, f"only {low} web replicas ran at some point"
     most = max(len(of("db", s.units)) for s in samples)

@@ -99,6 +99,11 @@ def daemons(
     group.close()
 
 
+def new_leader(store: Store, old: str) -> str | None:
+    holder = store.leader()
+    return holder if holder is not None and holder != old else None
+
+
 def synced(store: Store, commit: str) -> bool:
     inventory = read_actual(store).inventory
     return inventory is not None and inventory.commit == commit
@@ -123,7 +128,7 @@ def test_a_killed_leader_is_replaced_within_the_lease_ttl_and_a_new_commit_lands
     killed = time.monotonic()
     repo.write("units/web.yaml", unit_yaml("web", "example.com/web:2"))
     commit = repo.commit("web 2, pushed while the leader is dead")
-    new_id = wait_for(lambda: (h := store.leader()) and h != leader_id and h, timeout=10)
+    new_id = wait_for(lambda: new_leader(store, leader_id), timeout=10)
     took_over = time.monotonic() - killed
     wait_for(lambda: synced(store, commit), timeout=10)
     landed = time.monotonic() - killed
@@ -160,7 +165,7 @@ def test_sigterm_exits_0_promptly_and_resigns_so_the_standby_takes_over_at_once(
     holder = store.leader()
     assert code == 0
     assert holder != leader_id  # gone at once, not after the 10 s lease
-    new_id = wait_for(lambda: (h := store.leader()) and h != leader_id and h, timeout=3)
+    new_id = wait_for(lambda: new_leader(store, leader_id), timeout=3)
     took_over = time.monotonic() - signalled
     record_property("sigterm_exit_seconds", exited)
     record_property("sigterm_takeover_seconds", took_over)
@@ -208,7 +213,7 @@ def test_dev_mode_syncs_into_its_own_etcd_and_the_simulated_fleet_runs_it(
                 _, states = fleet.snapshot()
                 return [s.name for s in states if s.sub_state == "running"]
 
-            names = wait_for(lambda: len(running_units()) == 4 and running_units(), timeout=30)
+            names = wait_for(lambda: running_units() if len(running_units()) == 4 else None, 30)
         assert all(re.match(r"k2:(web|api):[0-9a-f]{6}:", n) for n in names)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -11,6 +11,7 @@ import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from kaylee_sync.spec import App, UnitSpec, to_json
 from kaylee_sync.store import Store, keys
 from kaylee_sync.sync import syncer as syncer_module
 from kaylee_sync.sync.actual import read_actual
+from kaylee_sync.sync.apply import apply_plan
 from kaylee_sync.sync.status import read_status
 from kaylee_sync.sync.suspend import resume, suspend
 from kaylee_sync.sync.syncer import Syncer, SyncSettings
@@ -31,7 +33,7 @@ BROKEN = "name: web\nreplicas: many\napps:\n  - image: example.com/web:2\n"
 
 def spec(name: str, image: str = "example.com/app:1", replicas: int | None = 2) -> str:
     """What etcd holds for ``unit_yaml(name, image, replicas)``."""
-    return to_json(UnitSpec(name=name, replicas=replicas, apps=(App(image=image),)))
+    return to_json(UnitSpec(name=name, replicas=replicas or 0, apps=(App(image=image),)))
 
 
 @pytest.fixture
@@ -193,7 +195,7 @@ def test_a_hand_edit_is_put_back_at_the_next_sync_and_logged(
     assert (result.applied.updated, result.applied.created) == (1, 1)
     assert units(store)["web"] == spec("web") and units(store)["api"] == spec("api")
     assert "web: drift: units/web was changed in etcd outside Git" in caplog.text
-    assert "api: drift: units/api was deleted in etcd outside Git" in caplog.text
+    assert "api: drift: units/api is missing in etcd (deleted outside Git" in caplog.text
 
 
 def test_a_suspended_unit_is_left_alone_until_resumed(
@@ -285,11 +287,10 @@ def test_a_concurrent_change_is_a_conflict_worth_a_replan(
     source: GitSource, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     syncer = Syncer(source, store)
-    real_apply = syncer_module.apply_plan
 
-    def apply_after_a_manual_write(*args: object, **kwargs: object) -> object:
+    def apply_after_a_manual_write(*args: Any, **kwargs: Any) -> Any:
         store.put_unit("web", spec("web", "example.com/manual:1"))  # `kaylee run` wins the race
-        return real_apply(*args, **kwargs)
+        return apply_plan(*args, **kwargs)
 
     store.put_unit("web", spec("web", "example.com/old:1"))
     monkeypatch.setattr(syncer_module, "apply_plan", apply_after_a_manual_write)

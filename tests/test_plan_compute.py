@@ -78,7 +78,7 @@ def test_a_managed_unit_deleted_by_hand_is_created_again_as_drift() -> None:
     state = desired(WEB)
     etcd = actual({}, {"web": ("units/web.yaml", state.units["web"].blob)})
     e = entry(make_plan(state, etcd, now=NOW), "web")
-    assert e.action == Action.CREATE and e.reason.startswith("drift: units/web was deleted")
+    assert e.action == Action.CREATE and e.reason.startswith("drift: units/web is missing")
 
 
 def test_a_file_for_a_unit_created_outside_git_takes_it_over() -> None:

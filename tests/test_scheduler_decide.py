@@ -160,6 +160,22 @@ def test_a_rollout_that_never_becomes_stable_fails_and_keeps_the_old_instances()
     assert decision.phase == "failed" and decision.actions == ()
 
 
+def test_a_first_deploy_that_never_runs_reports_failed_but_stays_launched() -> None:
+    world = World()
+    broken = dataclasses.replace(WEB, apps=(App("docker://broken:1"),))
+    world.never_start = (f":{spec_hash6(broken)}:",)
+    world.run(broken, until="failed", seconds=1000)
+    decision = world.step(broken)
+    assert world.now > TIMING.rollout_timeout
+    assert decision.phase == "failed" and "did not run within" in decision.message
+    assert decision.failed_hash == ""  # not sticky: nothing older to protect
+    assert len(world.units) == 4 and all(u.desired_state == LAUNCHED for u in world.units.values())
+    # Once the image runs after all, the unit is steady again without a spec change.
+    world.never_start = ()
+    world.run(broken, until="steady", seconds=1000)
+    assert world.running(spec_hash6(broken)) == 4
+
+
 def test_scaling_up_only_adds_instances_and_keeps_the_running_ones() -> None:
     world = World()
     world.run(WEB, until="steady")

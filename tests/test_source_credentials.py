@@ -263,8 +263,7 @@ def test_redact_masks_url_userinfo_and_registered_secrets() -> None:
         "token s3cr3t/with+chars or s3cr3t%2Fwith%2Bchars; ssh://git@h/x"
     )
     assert redact(text) == (
-        "fatal: unable to access 'https://***@host/r.git/': denied; token *** or ***; "
-        "ssh://***@h/x"
+        "fatal: unable to access 'https://***@host/r.git/': denied; token *** or ***; ssh://***@h/x"
     )
 
 

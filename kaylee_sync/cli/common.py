@@ -50,29 +50,48 @@ class KayleeGroup(click.Group):
 
 
 def etcd_options(func: F) -> F:
-    """The original Kaylee's global etcd flags, plus TLS, auth and a timeout."""
+    """The original Kaylee's global etcd flags, plus TLS, auth and a timeout.
+
+    Each reads one fixed ``KAYLEE_ETCD_*`` variable, whatever command it is on, so one
+    EnvironmentFile serves the daemon, ``kaylee-sync status`` and ``kaylee ls`` alike.
+    """
     options = [
         click.option(
             "--etcd-endpoints",
-            envvar="ETCDCTL_ENDPOINT",
+            envvar=["KAYLEE_ETCD_ENDPOINTS", "ETCDCTL_ENDPOINT"],
             default=EtcdSettings.DEFAULT_ENDPOINTS,
             show_default=True,
-            help="A comma-delimited list of etcd endpoints (env ETCDCTL_ENDPOINT).",
+            help="A comma-delimited list of etcd endpoints "
+            "(env KAYLEE_ETCD_ENDPOINTS or ETCDCTL_ENDPOINT).",
         ),
         click.option(
             "--etcd-prefix",
+            envvar="KAYLEE_ETCD_PREFIX",
             default="/kaylee2",
             show_default=True,
             help="A keyspace for unit data in etcd.",
         ),
-        click.option("--etcd-ca-file", type=click.Path(dir_okay=False), help="CA bundle (TLS)."),
         click.option(
-            "--etcd-cert-file", type=click.Path(dir_okay=False), help="Client certificate (TLS)."
+            "--etcd-ca-file",
+            envvar="KAYLEE_ETCD_CA_FILE",
+            type=click.Path(dir_okay=False),
+            help="CA bundle (TLS).",
         ),
         click.option(
-            "--etcd-key-file", type=click.Path(dir_okay=False), help="Client private key (TLS)."
+            "--etcd-cert-file",
+            envvar="KAYLEE_ETCD_CERT_FILE",
+            type=click.Path(dir_okay=False),
+            help="Client certificate (TLS).",
         ),
-        click.option("--etcd-username", envvar="ETCDCTL_USER", help="etcd user name."),
+        click.option(
+            "--etcd-key-file",
+            envvar="KAYLEE_ETCD_KEY_FILE",
+            type=click.Path(dir_okay=False),
+            help="Client private key (TLS).",
+        ),
+        click.option(
+            "--etcd-username", envvar=["KAYLEE_ETCD_USERNAME", "ETCDCTL_USER"], help="etcd user."
+        ),
         click.option(
             "--etcd-password",
             envvar="KAYLEE_ETCD_PASSWORD",
@@ -80,6 +99,7 @@ def etcd_options(func: F) -> F:
         ),
         click.option(
             "--etcd-timeout",
+            envvar="KAYLEE_ETCD_TIMEOUT",
             type=click.FloatRange(min=0.1),
             default=5.0,
             show_default=True,

@@ -22,14 +22,13 @@ from kaylee_sync.cli.fleetopts import fleet_client
 from kaylee_sync.cli.gitopts import read_secret_file, source_settings_from
 from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
 from kaylee_sync.daemon.logs import register_secret, setup_logging
-from kaylee_sync.election import ElectionSettings, make_identity
-from kaylee_sync.errors import KayleeError, StoreError
+from kaylee_sync.election import ElectionSettings, lead_once, make_identity
+from kaylee_sync.errors import KayleeError
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.runner import Scheduler, SchedulerSettings
 from kaylee_sync.server import exit_on_signals
 from kaylee_sync.source import GitSource
-from kaylee_sync.store import Store, keys
-from kaylee_sync.store.txn import Compare, Op
+from kaylee_sync.store import Store
 from kaylee_sync.sync.syncer import Syncer, SyncSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,7 +87,8 @@ def daemon_options(func: F) -> F:
         click.option("--resync", type=click.FloatRange(min=1), default=60.0, show_default=True,
                      help="Seconds between full scheduler passes."),
         click.option("--no-scheduler", is_flag=True,
-                     help="Sync only; a separate 'kaylee server' schedules."),
+                     help="Sync only, never touch fleet (e.g. to stage a keyspace). Not "
+                          "beside 'kaylee server': both campaign for the same leadership."),
         click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
                      show_default=True, help="Log lines for people or for log pipelines."),
         click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
@@ -123,10 +123,7 @@ def _settings(params: dict[str, Any]) -> DaemonSettings:
             rollout_timeout=params["rollout_timeout"],
             resync=params["resync"],
         ),
-        # As ``kaylee server``: the default 2 s margin does not fit a 2-3 s lease.
-        election=ElectionSettings(
-            lease_ttl=params["lease_ttl"], safety_margin=max(1.0, params["lease_ttl"] / 5)
-        ),
+        election=ElectionSettings.for_ttl(params["lease_ttl"]),
         schedule=not params["no_scheduler"],
     )
 
@@ -162,7 +159,7 @@ def run_daemon(params: dict[str, Any]) -> None:
         store = stack.enter_context(Store(etcd))
         fleet = None if params["no_scheduler"] else fleet_client(etcd, params)
         if fleet is not None:
-            stack.callback(_close_fleet, fleet)
+            stack.callback(fleet.close)
         if params["once"]:
             sys.exit(_once(source, store, fleet, settings))
         daemon = Daemon(source, store, fleet, settings)
@@ -170,18 +167,12 @@ def run_daemon(params: dict[str, Any]) -> None:
             daemon.run()
 
 
-def _close_fleet(fleet: FleetClient) -> None:
-    close = getattr(fleet, "close", None) or getattr(getattr(fleet, "client", None), "close", None)
-    if close is not None:
-        close()
-
-
 def _once(
     source: GitSource, store: Store, fleet: FleetClient | None, settings: DaemonSettings
 ) -> int:
     """One sync and one scheduler pass, holding leadership for that long (or refusing)."""
     identity = make_identity()
-    with hold_leadership(store, identity, max(30, settings.election.lease_ttl)):
+    with lead_once(store, identity, max(30, settings.election.lease_ttl)):
         result = Syncer(source, store, settings.sync, identity=identity).sync_once()
         if fleet is not None and settings.schedule:
             try:
@@ -193,20 +184,3 @@ def _once(
         return 1
     plan = result.plan
     return 1 if plan is not None and (plan.problems or plan.prune_refused) else 0
-
-
-@contextmanager
-def hold_leadership(store: Store, identity: str, ttl: int) -> Iterator[None]:
-    """Take ``master`` for one run if nobody holds it; StoreError names the leader if taken."""
-    lease = store.lease(ttl)
-    try:
-        if not store.txn(
-            [Compare.missing(keys.MASTER)], [Op.put(keys.MASTER, identity, lease=lease)]
-        ):
-            raise StoreError(
-                f"{store.leader() or 'another process'} is leading; a daemon already syncs "
-                "this cluster (stop it, or let it do the work)"
-            )
-        yield
-    finally:
-        store.revoke(lease)

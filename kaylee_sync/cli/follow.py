@@ -144,7 +144,9 @@ def assess(target: Target, look: Look) -> Status:
         text += f" · error: {error}"
     status = Status(text, error=error, leaderless=look.leader is None)
     if current and report is not None:
-        if phase == "failed" and report.get("failed_hash") == ident:
+        # A failed rollout names its hash; a first deploy that never ran reports
+        # "failed" for the current hash with no failed_hash (it is not sticky).
+        if phase == "failed" and (report.get("failed_hash") or report.get("hash6")) == ident:
             message = str(report.get("message") or f"rollout of {ident} failed")
             return replace(status, failure=f"{name}: rollout failed: {message}")
         fleet_agrees = look.fleet is None or (new_total == new_running == want and not old)

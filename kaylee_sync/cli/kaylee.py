@@ -31,9 +31,6 @@ from kaylee_sync.cli.fleetopts import fleet_client, fleet_options
 from kaylee_sync.cli.follow import FollowSettings, Target, display_for, follow
 from kaylee_sync.election import ElectionSettings
 from kaylee_sync.errors import KayleeError, NotFoundError, StoreError, UsageError
-from kaylee_sync.fleet.api import ApiDriver
-from kaylee_sync.fleet.protocol import FleetClient
-from kaylee_sync.fleet.registry import RegistryDriver
 from kaylee_sync.render import check_renderable
 from kaylee_sync.scheduler.runner import SchedulerSettings
 from kaylee_sync.server import SchedulerServer
@@ -141,7 +138,7 @@ def run(ctx: click.Context, /, file: Path, **params: Any) -> None:
             )
             ctx.exit(130)
         finally:
-            _close_fleet(fleet)
+            fleet.close()
     if not outcome.ok:
         raise RolloutFailed(outcome.message)
     click.echo(f"{outcome.message} in {outcome.elapsed:.0f} s")
@@ -173,7 +170,8 @@ def ls(ctx: click.Context, /, fmt: str, no_fleet: bool, **params: Any) -> None:
         with _store(ctx) as store:
             data = listing.collect(store, fleet, params["unit_prefix"])
     finally:
-        _close_fleet(fleet)
+        if fleet is not None:
+            fleet.close()
     if fmt == "json":
         echo_json(data)
     else:
@@ -224,14 +222,6 @@ def rm(ctx: click.Context, /, name: str, **params: Any) -> None:
 class _Override:
     reason: str
     who: str
-
-
-def _close_fleet(fleet: FleetClient | None) -> None:
-    """Close the driver's connections (the FleetClient protocol has no close of its own)."""
-    if isinstance(fleet, RegistryDriver):
-        fleet.client.close()
-    elif isinstance(fleet, ApiDriver):
-        fleet.close()
 
 
 def _override(params: dict[str, Any]) -> _Override | None:
@@ -296,7 +286,7 @@ def _take_over(store: Store, name: str, verb: str, override: _Override | None) -
 @fleet_options
 @click.option(
     "--lease-ttl",
-    type=click.IntRange(min=3),
+    type=click.IntRange(min=2),
     default=10,
     show_default=True,
     help="Seconds the leader's etcd lease lives; a standby takes over within this.",
@@ -343,9 +333,7 @@ def server(ctx: click.Context, /, **params: Any) -> None:
         rollout_timeout=params["rollout_timeout"],
         resync=params["resync"],
     )
-    election = ElectionSettings(
-        lease_ttl=params["lease_ttl"], safety_margin=max(1.0, params["lease_ttl"] / 5)
-    )
+    election = ElectionSettings.for_ttl(params["lease_ttl"])
     with Store(settings) as store:
         app = SchedulerServer(store, fleet_client(settings, params), scheduler, election)
         with app.signals():

@@ -116,7 +116,9 @@ def status(fmt: str, **params: Any) -> None:
     else:
         a = state.attempt
         outcome = "ok" if a.ok else f"FAILED: {a.error}"
-        click.echo(f"last attempt:  {format_time(a.time)} {short_commit(a.commit)} {outcome}")
+        click.echo(
+            f"last attempt:  {format_time(a.time)} {a.commit[:7] or '(no commit)'} {outcome}"
+        )
         if state.last_success is not None:
             s = state.last_success
             click.echo(f"last success:  {format_time(s.time)} {short_commit(s.commit)}")

@@ -19,6 +19,7 @@ import click
 
 from kaylee_sync.cli.common import etcd_options, etcd_settings_from
 from kaylee_sync.cli.gitopts import source_options, source_settings_from
+from kaylee_sync.election import lead_once, make_identity
 from kaylee_sync.errors import UsageError
 from kaylee_sync.plan.against import actual_from_desired
 from kaylee_sync.plan.compute import make_plan, short_commit
@@ -28,7 +29,7 @@ from kaylee_sync.plan.output_markdown import render_markdown
 from kaylee_sync.plan.output_text import render_text
 from kaylee_sync.plan.summary import plan_exit_code
 from kaylee_sync.source import GitSource
-from kaylee_sync.store import Store
+from kaylee_sync.store import Compare, Store, keys
 from kaylee_sync.sync.actual import read_actual
 from kaylee_sync.sync.apply import apply_plan
 from kaylee_sync.sync.syncer import Syncer, SyncSettings
@@ -144,8 +145,10 @@ def _emit(result: Plan, params: dict[str, Any]) -> None:
 def apply(file: Path, **params: Any) -> None:
     """Apply exactly the plan saved by 'kaylee-sync plan --out FILE'.
 
-    Refused if the branch (or ref) has moved to another commit, or if any unit, the
-    inventory or a suspension changed in etcd since the plan was made.
+    Refused if the branch (or ref) has moved to another commit, if any unit, the
+    inventory or a suspension changed in etcd since the plan was made, or while a
+    kaylee-sync daemon leads (it syncs the branch itself; apply is for clusters
+    synced by hand or by CI).
 
     \b
     Example:
@@ -174,14 +177,16 @@ def apply(file: Path, **params: Any) -> None:
                 f"{file}: {ref or source.branch} moved from {short_commit(saved.desired.commit)} "
                 f"to {short_commit(commit)} since the plan was made; run plan again"
             )
-    with Store(etcd_settings_from(params)) as store:
+    identity = make_identity()
+    with Store(etcd_settings_from(params)) as store, lead_once(store, identity, 30):
         actual = read_actual(store)
         if actual.state_index != saved.state_index:
             raise UsageError(
                 f"{file}: etcd changed since the plan was made (units, inventory or "
                 "suspensions); run plan again"
             )
-        result = apply_plan(store, saved, actual.inventory, fence=None, suspended=actual.suspended)
+        fence = Compare.value_equals(keys.MASTER, identity)
+        result = apply_plan(store, saved, actual.inventory, fence=fence, suspended=actual.suspended)
     click.echo(
         f"applied {short_commit(saved.desired.commit)}: {result.created} created, "
         f"{result.updated} updated, {result.deleted} deleted"

@@ -50,6 +50,8 @@ def machine_id(name: str) -> str:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        # As etcd binds: a port still in TIME_WAIT from the last run counts as free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -45,6 +45,10 @@ class FleetClient(Protocol):
         """Every live machine, sorted by id."""
         ...
 
+    def close(self) -> None:
+        """Release the driver's connections."""
+        ...
+
     def create_unit(
         self, name: str, options: Sequence[UnitOption], desired_state: str = "launched"
     ) -> None:

@@ -100,6 +100,9 @@ class RegistryDriver:
     def __repr__(self) -> str:
         return f"RegistryDriver({self.client!r}, prefix={self.prefix!r})"
 
+    def close(self) -> None:
+        self.client.close()
+
     def _key(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)
 

@@ -212,7 +212,10 @@ class _Planner:
         if inv is None:
             return "new file"
         if inv.blob == unit.blob:
-            return f"drift: units/{unit.name} was deleted in etcd outside Git; putting it back"
+            return (
+                f"drift: units/{unit.name} is missing in etcd (deleted outside Git, or an "
+                "earlier sync stopped half way); putting it back"
+            )
         return f"file changed (units/{unit.name} was missing in etcd)"
 
     def _update_reason(self, unit: DesiredUnit) -> str:

@@ -240,6 +240,26 @@ class _Step:
         """Stop, then destroy once dead or after destroy_timeout (fleet issue #1000)."""
         self.actions.extend(_wind_down(unit, self.view.states, self.timers, self.now, self.timing))
 
+    def overdue(self) -> Decision | None:
+        """A "failed" report when an instance has not run within the rollout timeout and
+        there is nothing older to fall back to (a first deploy or a scale-up).
+
+        Not sticky, unlike a failed rollout: the instances stay launched — fleet keeps
+        trying, and an image that is merely slow to pull still comes up — and the unit
+        reports steady again once they run. It tells ``kaylee ls`` and ``run --wait``
+        why nothing is running yet instead of "deploying" forever.
+        """
+        for _, unit in self.kept.values():
+            started = self.timers.created_at.get(unit.name, self.now)
+            late = self.now - started > self.timing.rollout_timeout
+            if late and not is_running(self.states(unit)):
+                return self.decision(
+                    "failed",
+                    f"{unit.name} did not run within {self.timing.rollout_timeout:.0f}s "
+                    "(no older instances to keep; left launched, fleet keeps trying)",
+                )
+        return None
+
     def decision(self, phase: str, message: str = "", failed_hash: str = "") -> Decision:
         return Decision(
             unit=self.view.name,
@@ -261,7 +281,7 @@ def _roll(step: _Step, missing: list[int], old: list[FleetUnit]) -> Decision:
         step.actions.extend(_create(step, missing))
         if not step.actions and step.running() == want:
             return step.decision("steady")
-        return step.decision("scaling" if step.kept else "deploying")
+        return step.overdue() or step.decision("scaling" if step.kept else "deploying")
 
     pending = [u for _, u in step.kept.values() if u not in stable]
     for unit in pending:
@@ -299,7 +319,7 @@ def _replace_whole(step: _Step, missing: list[int], old: list[FleetUnit]) -> Dec
     step.actions.extend(_create(step, missing))
     if not step.actions and step.running() == step.spec.instance_count:
         return step.decision("steady")
-    return step.decision("deploying")
+    return step.overdue() or step.decision("deploying")
 
 
 def _delete_all(view: UnitView, timers: Timers, now: float, timing: Timing) -> Decision:

@@ -15,11 +15,13 @@ units without our prefix are never touched; leadership is re-checked before ever
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +113,10 @@ class Scheduler:
 
     def run_pass(self) -> list[Decision]:
         """One full reconciliation. Raises StoreError/FleetError if reading fails."""
+        with _collector_paused():
+            return self._pass()
+
+    def _pass(self) -> list[Decision]:
         now = self.clock()
         specs, broken = self._read_specs()
         generations = self._read_ints(keys.RESTART)
@@ -333,6 +339,26 @@ class Scheduler:
             log.warning("etcd watch ended: %s", exc)
         finally:
             broken.set()
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the length of one pass.
+
+    A pass over 10,000 fleet units builds some 100,000 objects that all live until the
+    pass ends. Each young-generation collection finds them alive and promotes them, and
+    the promotions set off full collections that also walk every long-lived object (the
+    cache of parsed unit texts among them): a third of an idle pass's CPU time
+    (bench/scheduler_idle). Reference counting still frees whatever a pass drops; only
+    reference cycles wait, and the collector resumes as soon as the pass is over.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _describe(action: Action) -> str:

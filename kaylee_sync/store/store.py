@@ -155,7 +155,7 @@ class Store:
     def revision(self) -> int:
         """The cluster's current revision (of the whole etcd, not only this prefix)."""
         response = self._conn.call(
-            "read the revision", lambda c: c.get_response(self.prefix, count_only=True)
+            "read the revision", lambda c: c.get_response(self.prefix + "/", count_only=True)
         )
         return int(response.header.revision)
 

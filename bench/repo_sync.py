@@ -1,0 +1,156 @@
+"""Benchmark: planning and syncing a repository of 10,000 unit files.
+
+Three numbers, each through the real APIs the daemon uses:
+
+- **cold plan** (target < 3 s): a new :class:`GitSource` (empty parse cache) reads every
+  unit file of the head commit (``desired``), ``read_actual`` reads an empty etcd
+  prefix, ``make_plan`` plans 10,000 creates. What a new leader, ``kaylee-sync plan`` or
+  ``--once`` pays on its first sync. (The OS page cache is warm: git's objects were just
+  written; a cold disk adds its own read time.)
+- **full apply** (target < 1 s): ``apply_plan`` of those 10,000 creates to an empty
+  etcd prefix, fenced on ``master`` as the daemon's are — 157 transactions of 64 puts and
+  the inventory, each fsynced by etcd.
+- **one-file sync** (target < 150 ms): a commit that changes one file, then
+  :meth:`Syncer.sync_once` with a warm parse cache and etcd already holding the previous
+  commit: resolve, read the tree (one file parsed), read etcd, plan, write one unit and
+  the inventory, record the status. The commit itself is not timed.
+
+The repository (``units/team-NNNN/<name>.yaml``, 8 files per directory) is generated in
+a temporary directory with one commit; see ``bench/fixtures.py``.
+
+    python -m bench.repo_sync [--units 10000] [--runs 5] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import Measurement, bench_main, median, private_etcd, progress, timed
+from bench.fixtures import UNIT_DIR, UnitRepo, store_at
+from kaylee_sync.plan.compute import make_plan
+from kaylee_sync.plan.model import Action, Plan
+from kaylee_sync.source import GitSource, SourceSettings
+from kaylee_sync.store import Compare, Store, keys
+from kaylee_sync.sync.actual import read_actual
+from kaylee_sync.sync.apply import apply_plan
+from kaylee_sync.sync.syncer import Syncer
+
+TARGET_UNITS = 10_000  # the targets are for this many units; other sizes are context
+IDENTITY = "bench:1:leader"
+
+
+def cold_plan(settings: SourceSettings, store: Store) -> tuple[Plan, dict[str, float]]:
+    """A new source's first plan against ``store``; the plan and each step's seconds."""
+    steps: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with GitSource(settings) as source:
+        desired = source.desired(source.resolve())
+        t1 = time.perf_counter()
+        actual = read_actual(store)
+        t2 = time.perf_counter()
+        plan = make_plan(desired, actual, now=time.time())
+        t3 = time.perf_counter()
+    steps.update(desired=t1 - t0, read_actual=t2 - t1, make_plan=t3 - t2)
+    return plan, steps
+
+
+def lead(store: Store) -> Compare:
+    """Hold ``master`` as the daemon's leader would, and the fence its writes carry."""
+    store.put(keys.MASTER, IDENTITY)
+    return Compare.value_equals(keys.MASTER, IDENTITY)
+
+
+def run(args: argparse.Namespace) -> list[Measurement]:
+    units = args.units
+    target = (lambda t: t) if units >= TARGET_UNITS else (lambda t: None)
+    size = {"units": units}
+    with tempfile.TemporaryDirectory(prefix="kaylee-bench-repo-") as tmp, private_etcd() as etcd:
+        progress(f"setup: generating a repository of {units} unit files")
+        repo, made = timed(lambda: UnitRepo(Path(tmp) / "repo", units))
+        progress(f"setup: repository committed in {made.wall:.1f} s")
+        settings = SourceSettings(repo=str(repo.path), path=UNIT_DIR)
+
+        plans, steps = [], []
+        for i in range(args.runs):
+            with store_at(etcd.endpoint, f"/cold-{i}") as store:
+                (plan, split), t = timed(lambda: cold_plan(settings, store))
+            if (creates := plan.count(Action.CREATE)) != units:
+                raise SystemExit(f"cold plan: expected {units} creates, got {creates}")
+            progress(f"cold plan {i + 1}/{args.runs}: {t.wall:.3f} s ({_steps(split)})")
+            plans.append(t.wall)
+            steps.append(split)
+        if args.profile:
+            with store_at(etcd.endpoint, "/profile") as store:
+                _profile(lambda: cold_plan(settings, store))
+
+        applies, batches = [], 0
+        for i in range(args.runs):
+            with store_at(etcd.endpoint, f"/apply-{i}") as store:
+                actual = read_actual(store)
+                fence = lead(store)
+                result, t = timed(
+                    lambda: apply_plan(store, plan, actual.inventory, fence=fence)  # noqa: B023
+                )
+                if result.created != units or len(store.get_prefix(keys.UNITS)) != units:
+                    raise SystemExit(f"full apply: expected {units} units, got {result}")
+            batches = result.batches
+            progress(f"full apply {i + 1}/{args.runs}: {t.wall:.3f} s ({batches} transactions)")
+            applies.append(t.wall)
+
+        incremental, inventory_bytes = [], 0
+        with store_at(etcd.endpoint, "/incremental") as store, GitSource(settings) as source:
+            syncer = Syncer(source, store, identity=IDENTITY)
+            lead(store)
+            first = syncer.sync_once()
+            if not first.ok:
+                raise SystemExit(f"first sync failed: {first.error}")
+            inventory = store.get(keys.INVENTORY)
+            inventory_bytes = len(inventory.value) if inventory else 0
+            for i in range(args.runs):
+                repo.change((i * 997) % units)  # a different file each time, not timed
+                result, t = timed(syncer.sync_once)
+                applied = result.applied
+                if not (result.ok and applied and applied.updated == 1 and not applied.created):
+                    raise SystemExit(f"one-file sync did not update one unit: {result}")
+                progress(f"one-file sync {i + 1}/{args.runs}: {t.wall * 1000:.1f} ms")
+                incremental.append(t.wall)
+
+    split = {k: round(median([s[k] for s in steps]), 3) for k in steps[0]}
+    return [
+        Measurement(f"cold plan ({units:,} units)", tuple(plans), target=target(3.0),
+                    extra={**size, **split}),
+        Measurement(f"full apply ({units:,} units, empty etcd)", tuple(applies),
+                    target=target(1.0), extra={**size, "transactions": batches}),
+        Measurement(f"one-file sync ({units:,} units, warm)", tuple(incremental),
+                    target=target(0.150), extra={**size, "inventory_bytes": inventory_bytes}),
+    ]  # fmt: skip
+
+
+def _steps(split: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f} s" for k, v in split.items())
+
+
+def _profile(fn: object) -> None:
+    profile = cProfile.Profile()
+    profile.runcall(fn)  # type: ignore[arg-type]
+    pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--units", type=int, default=TARGET_UNITS, help="unit files (default 10000)")
+    p.add_argument("--profile", action="store_true", help="cProfile one more cold plan (stderr)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    doc = (__doc__ or "").splitlines()[0]
+    return bench_main(doc, run, configure, argv, prog="python -m bench.repo_sync")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
