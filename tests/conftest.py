@@ -10,6 +10,7 @@ from hypothesis import settings
 
 from kaylee_sync.embedded_etcd import EmbeddedEtcd
 from kaylee_sync.fleet.etcd2 import Etcd2Client
+from kaylee_sync.secrets import forget_secrets
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.store import Store
 
@@ -17,6 +18,14 @@ from kaylee_sync.store import Store
 # subprocesses beside them, a per-example deadline only produces flaky failures.
 settings.register_profile("kaylee", deadline=None)
 settings.load_profile("kaylee")
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """Secrets registered by one test (e.g. a short fake password) must not mask another
+    test's expected output: the registry is process-wide, as it is in the daemon."""
+    yield
+    forget_secrets()
 
 
 @pytest.fixture(scope="session")
