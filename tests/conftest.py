@@ -54,6 +54,12 @@ def etcd_settings(etcd_endpoint: str, etcd_prefix: str) -> EtcdSettings:
 
 
 @pytest.fixture
+def etcd_args(etcd_endpoint: str, etcd_prefix: str) -> list[str]:
+    """The command-line flags for the session etcd under this test's prefix."""
+    return ["--etcd-endpoints", etcd_endpoint, "--etcd-prefix", etcd_prefix]
+
+
+@pytest.fixture
 def store(etcd_settings: EtcdSettings) -> Iterator[Store]:
     """A Store on the session etcd, confined to this test's prefix."""
     with Store(etcd_settings) as opened:

@@ -10,6 +10,9 @@ import os
 import subprocess
 from pathlib import Path
 
+from kaylee_sync.spec import to_json
+from kaylee_sync.spec.model import App, UnitSpec
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test Author",
     "GIT_AUTHOR_EMAIL": "author@example.invalid",
@@ -22,12 +25,26 @@ GIT_ENV = {
 
 
 def unit_yaml(name: str, image: str = "example.com/app:1", replicas: int | None = 2) -> str:
-    """A small valid unit file."""
+    """A small valid unit file (:func:`unit_json` is what etcd holds for it)."""
     lines = [f"name: {name}"]
     if replicas is not None:
         lines.append(f"replicas: {replicas}")
     lines += ["apps:", f"  - image: {image}"]
     return "\n".join(lines) + "\n"
+
+
+def unit_json(name: str, image: str = "example.com/app:1", replicas: int | None = 2) -> str:
+    """The canonical JSON that ``unit_yaml(name, image, replicas)`` is stored as."""
+    return to_json(UnitSpec(name=name, replicas=replicas or 0, apps=(App(image=image),)))
+
+
+def two_units(path: Path) -> GitRepo:
+    """A repository with units/web.yaml and units/api.yaml (images …/web:1, …/api:1)."""
+    repo = GitRepo(path)
+    repo.write("units/web.yaml", unit_yaml("web", "example.com/web:1"))
+    repo.write("units/api.yaml", unit_yaml("api", "example.com/api:1"))
+    repo.commit("two units")
+    return repo
 
 
 class GitRepo:

@@ -22,17 +22,13 @@ from kaylee_sync.cli.sync import cli
 from kaylee_sync.fleet.etcd2 import Etcd2Client
 from kaylee_sync.fleet.registry import RegistryDriver
 from kaylee_sync.source import GitSource, SourceSettings
-from kaylee_sync.spec import App, UnitSpec, to_json
 from kaylee_sync.store import Store, keys
 from kaylee_sync.sync.syncer import Syncer
-from tests.gitrepo import GitRepo, unit_yaml
+from tests.gitrepo import GitRepo, two_units, unit_yaml
+from tests.gitrepo import unit_json as spec
 from tests.test_gitops_daemon import first_sync, running
 
 BROKEN = "name: web\nreplicas: many\napps:\n  - image: example.com/web:2\n"
-
-
-def spec(name: str, image: str) -> str:
-    return to_json(UnitSpec(name=name, replicas=2, apps=(App(image=image),)))
 
 
 @pytest.fixture(autouse=True)
@@ -47,17 +43,8 @@ def daemon_logging_removed() -> Iterator[None]:
 
 
 @pytest.fixture
-def etcd_args(etcd_endpoint: str, etcd_prefix: str) -> list[str]:
-    return ["--etcd-endpoints", etcd_endpoint, "--etcd-prefix", etcd_prefix]
-
-
-@pytest.fixture
 def repo(tmp_path: Path) -> GitRepo:
-    r = GitRepo(tmp_path / "repo")
-    r.write("units/web.yaml", unit_yaml("web", "example.com/web:1"))
-    r.write("units/api.yaml", unit_yaml("api", "example.com/api:1"))
-    r.commit("two units")
-    return r
+    return two_units(tmp_path / "repo")
 
 
 @pytest.fixture

@@ -17,22 +17,13 @@ from click.testing import CliRunner, Result
 from kaylee_sync.cli.sync import cli
 from kaylee_sync.embedded_etcd import free_port
 from kaylee_sync.source import GitSource, SourceSettings
-from kaylee_sync.spec import App, UnitSpec, to_json
 from kaylee_sync.store import Store, keys
 from kaylee_sync.sync.actual import read_actual
 from kaylee_sync.sync.syncer import Syncer
-from tests.gitrepo import GitRepo, unit_yaml
+from tests.gitrepo import GitRepo, two_units, unit_yaml
+from tests.gitrepo import unit_json as spec
 
 BROKEN = "name: web\nreplicas: many\napps:\n  - image: example.com/web:2\n"
-
-
-def spec(name: str, image: str) -> str:
-    return to_json(UnitSpec(name=name, replicas=2, apps=(App(image=image),)))
-
-
-@pytest.fixture
-def etcd_args(etcd_endpoint: str, etcd_prefix: str) -> list[str]:
-    return ["--etcd-endpoints", etcd_endpoint, "--etcd-prefix", etcd_prefix]
 
 
 @pytest.fixture
@@ -43,11 +34,7 @@ def unreachable() -> list[str]:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> GitRepo:
-    r = GitRepo(tmp_path / "repo")
-    r.write("units/web.yaml", unit_yaml("web", "example.com/web:1"))
-    r.write("units/api.yaml", unit_yaml("api", "example.com/api:1"))
-    r.commit("two units")
-    return r
+    return two_units(tmp_path / "repo")
 
 
 @pytest.fixture

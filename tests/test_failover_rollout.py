@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ from kaylee_sync.fleetsim import SimulatedCluster
 from kaylee_sync.render import parse_unit_name
 from kaylee_sync.spec import App, UnitSpec, spec_hash6, to_json
 from kaylee_sync.store import Store
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -122,14 +123,6 @@ def of(unit: str, names: frozenset[str], hash6: str | None = None) -> set[str]:
         if parsed and parsed.unit == unit and (hash6 is None or parsed.hash6 == hash6):
             out.add(name)
     return out
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

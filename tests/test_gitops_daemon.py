@@ -27,10 +27,11 @@ from kaylee_sync.fleet.etcd2 import Etcd2Client
 from kaylee_sync.fleet.registry import RegistryDriver
 from kaylee_sync.scheduler.runner import SchedulerSettings
 from kaylee_sync.source import GitSource, SourceSettings
-from kaylee_sync.spec import App, UnitSpec, to_json
 from kaylee_sync.store import Store
 from kaylee_sync.sync.status import read_status
-from tests.gitrepo import GitRepo, unit_yaml
+from tests.gitrepo import GitRepo, two_units, unit_yaml
+from tests.gitrepo import unit_json as spec
+from tests.polling import wait_for
 
 T = TypeVar("T")
 SECRET = "webhook-secret-7d2e"
@@ -38,24 +39,9 @@ SECRET = "webhook-secret-7d2e"
 ELECTION = ElectionSettings(lease_ttl=2, safety_margin=1.0)
 
 
-def wait_for(predicate: Callable[[], T | None], timeout: float = 5.0, step: float = 0.01) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s")
-        time.sleep(step)
-
-
 def image_of(store: Store, name: str) -> str | None:
     stored = store.get_unit(name)
     return None if stored is None else stored.value.decode()
-
-
-def spec(name: str, image: str, replicas: int | None = 2) -> str:
-    return to_json(UnitSpec(name=name, replicas=replicas or 0, apps=(App(image=image),)))
 
 
 @contextmanager
@@ -84,11 +70,7 @@ def first_sync(daemon: Daemon, timeout: float = 10.0) -> None:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> GitRepo:
-    r = GitRepo(tmp_path / "repo")
-    r.write("units/web.yaml", unit_yaml("web", "example.com/web:1"))
-    r.write("units/api.yaml", unit_yaml("api", "example.com/api:1"))
-    r.commit("two units")
-    return r
+    return two_units(tmp_path / "repo")
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.store import Store
 from kaylee_sync.sync.actual import read_actual
 from kaylee_sync.sync.status import read_status
-from tests.gitrepo import GitRepo, unit_yaml
+from tests.gitrepo import GitRepo, two_units, unit_yaml
+from tests.polling import wait_for
 
 T = TypeVar("T")
 pytestmark = pytest.mark.slow
@@ -35,17 +36,6 @@ pytestmark = pytest.mark.slow
 def kaylee_sync() -> str:
     script = Path(sys.executable).parent / "kaylee-sync"
     return str(script) if script.exists() else "kaylee-sync"
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float, step: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s")
-        time.sleep(step)
 
 
 class Daemons:
@@ -83,11 +73,7 @@ class Daemons:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> GitRepo:
-    r = GitRepo(tmp_path / "repo")
-    r.write("units/web.yaml", unit_yaml("web", "example.com/web:1"))
-    r.write("units/api.yaml", unit_yaml("api", "example.com/api:1"))
-    r.commit("two units")
-    return r
+    return two_units(tmp_path / "repo")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from kaylee_sync.fleetsim import SimulatedCluster
 from kaylee_sync.store import Store
+from tests.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample-repo" / "countly.yaml"
@@ -43,16 +43,6 @@ def start_server(etcd_endpoint: str, etcd_prefix: str, log: Path) -> subprocess.
     ]  # fmt: skip
     with open(log, "ab") as out:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_for(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_server_schedules_ls_shows_it_and_sigterm_resigns(

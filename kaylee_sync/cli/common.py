@@ -111,6 +111,20 @@ def etcd_options(func: F) -> F:
     return func
 
 
+def format_option(
+    *choices: str, help: str = "text for people, json for tools."
+) -> Callable[[F], F]:
+    """``--format`` with ``choices`` (the first is the default), as every command spells it."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(list(choices)),
+        default=choices[0],
+        show_default=True,
+        help=help,
+    )
+
+
 def etcd_settings_from(params: dict[str, Any]) -> EtcdSettings:
     """Build EtcdSettings from the values of :func:`etcd_options`."""
     return EtcdSettings.from_endpoints_string(

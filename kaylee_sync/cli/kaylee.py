@@ -25,6 +25,7 @@ from kaylee_sync.cli.common import (
     echo_json,
     etcd_options,
     etcd_settings_from,
+    format_option,
     setup_logging,
 )
 from kaylee_sync.cli.fleetopts import fleet_client, fleet_options
@@ -146,14 +147,7 @@ def run(ctx: click.Context, /, file: Path, **params: Any) -> None:
 
 @cli.command(name="ls")
 @fleet_options
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@format_option("table", "json", help="Output format.")
 @click.option("--no-fleet", is_flag=True, help="Do not ask fleet for its units and states.")
 @click.pass_context
 def ls(ctx: click.Context, /, fmt: str, no_fleet: bool, **params: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from kaylee_sync.cli.common import echo_json
+from kaylee_sync.cli.common import echo_json, format_option
 from kaylee_sync.errors import UsageError
 from kaylee_sync.plan.model import DesiredUnit, FileProblem
 from kaylee_sync.source import (
@@ -43,14 +43,7 @@ from kaylee_sync.spec import unit_schema
     help="Without PATH arguments: the unit directory inside the git repository around the "
     'current directory ("" = the repository root).',
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="text for people, json for tools.",
-)
+@format_option("text", "json")
 @click.option(
     "--unit-prefix", default="k2", show_default=True, help="Prefix of the fleet unit names."
 )

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from kaylee_sync.cli.common import echo_json, etcd_options, etcd_settings_from
+from kaylee_sync.cli.common import echo_json, etcd_options, etcd_settings_from, format_option
 from kaylee_sync.errors import UsageError
 from kaylee_sync.plan.compute import format_time, short_commit
 from kaylee_sync.store import Store
@@ -85,14 +85,7 @@ def resume(name: str, **params: Any) -> None:
 
 
 @click.command()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="text for people, json for tools.",
-)
+@format_option("text", "json")
 @etcd_options
 def status(fmt: str, **params: Any) -> None:
     """Show the leader, the last sync attempt and success, and suspended units."""

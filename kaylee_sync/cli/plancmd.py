@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from kaylee_sync.cli.common import etcd_options, etcd_settings_from
+from kaylee_sync.cli.common import etcd_options, etcd_settings_from, format_option
 from kaylee_sync.cli.gitopts import source_options, source_settings_from
 from kaylee_sync.election import lead_once, make_identity
 from kaylee_sync.errors import UsageError
@@ -61,12 +61,10 @@ def _color(fmt: str) -> bool:
     metavar="REF",
     help="Compare with another ref instead of etcd (no etcd needed), e.g. origin/main.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "markdown", "json"]),
-    default="text",
-    show_default=True,
+@format_option(
+    "text",
+    "markdown",
+    "json",
     help="text for people (coloured on a TTY), markdown for a PR comment, json for tools.",
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from kaylee_sync import __version__
-from kaylee_sync.cli.common import KayleeGroup, echo_json, etcd_options
+from kaylee_sync.cli.common import KayleeGroup, echo_json, etcd_options, format_option
 from kaylee_sync.cli.daemoncmd import daemon_options, run_daemon
 from kaylee_sync.cli.fleetopts import fleet_options
 from kaylee_sync.cli.gitopts import source_options
@@ -62,14 +62,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="text for people, json for tools.",
-)
+@format_option("text", "json")
 @click.option(
     "--unit-prefix", default="k2", show_default=True, help="Prefix of the fleet unit names."
 )
