@@ -15,19 +15,18 @@ units without our prefix are never touched; leadership is re-checked before ever
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kaylee_sync.errors import FleetError, KayleeError, SpecError, StoreError
 from kaylee_sync.fleet.model import LAUNCHED, LOADED, FleetUnit, UnitState
 from kaylee_sync.fleet.protocol import FleetClient
+from kaylee_sync.gcpause import collector_paused
 from kaylee_sync.render import UnitName, parse_unit_name
 from kaylee_sync.scheduler.decide import (
     Action,
@@ -113,7 +112,7 @@ class Scheduler:
 
     def run_pass(self) -> list[Decision]:
         """One full reconciliation. Raises StoreError/FleetError if reading fails."""
-        with _collector_paused():
+        with collector_paused():
             return self._pass()
 
     def _pass(self) -> list[Decision]:
@@ -339,26 +338,6 @@ class Scheduler:
             log.warning("etcd watch ended: %s", exc)
         finally:
             broken.set()
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for the length of one pass.
-
-    A pass over 10,000 fleet units builds some 100,000 objects that all live until the
-    pass ends. Each young-generation collection finds them alive and promotes them, and
-    the promotions set off full collections that also walk every long-lived object (the
-    cache of parsed unit texts among them): a third of an idle pass's CPU time
-    (bench/scheduler_idle). Reference counting still frees whatever a pass drops; only
-    reference cycles wait, and the collector resumes as soon as the pass is over.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _describe(action: Action) -> str:

@@ -19,14 +19,13 @@ write would be refused anyway.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kaylee_sync.errors import ConflictError, KayleeError
+from kaylee_sync.gcpause import collector_paused
 from kaylee_sync.plan.compute import make_plan
 from kaylee_sync.plan.model import Action, ActualState, DesiredState, Plan
 from kaylee_sync.source import GitSource, redact
@@ -124,7 +123,7 @@ class Syncer:
     def sync_once(self, *, fetch: bool = True) -> SyncResult:
         """Fetch, plan and apply once; record the attempt in ``sync/status``. Never raises
         a KayleeError: the result says what failed."""
-        with _collector_paused():
+        with collector_paused():
             return self._sync_once(fetch)
 
     def _sync_once(self, fetch: bool) -> SyncResult:
@@ -246,24 +245,3 @@ class Syncer:
             )
         except KayleeError as exc:
             log.warning("could not record the sync status: %s", redact(str(exc)))
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for one sync attempt.
-
-    An attempt over 10,000 units builds some 100,000 objects (etcd values, plan entries,
-    the inventory) that all live until it ends; young collections promote them, and the
-    promotions set off full collections that walk every long-lived object too, the
-    parse cache of every unit file among them: half of a one-file sync's time
-    (bench/repo_sync). Reference counting still frees what the attempt drops; the
-    collector resumes when it ends. The scheduler pauses it per pass for the same reason
-    (``scheduler/runner.py``); either one restoring it first is harmless.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
