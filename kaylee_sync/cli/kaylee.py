@@ -176,7 +176,12 @@ def ls(ctx: click.Context, /, fmt: str, no_fleet: bool, **params: Any) -> None:
 @click.argument("name")
 @click.pass_context
 def restart(ctx: click.Context, name: str) -> None:
-    """Restart every instance of unit NAME (a rolling replacement)."""
+    """Restart every instance of unit NAME (a rolling replacement).
+
+    \b
+    Example:
+      kaylee restart countly
+    """
     with _store(ctx) as store:
         if store.get_unit(name) is None:
             raise NotFoundError(f"no unit named {name!r} (see 'kaylee ls')")
@@ -198,6 +203,11 @@ def rm(ctx: click.Context, /, name: str, **params: Any) -> None:
 
     A unit that Git manages is refused unless --override (with --reason), which also
     suspends Git sync for it, so that sync does not create it again.
+
+    \b
+    Examples:
+      kaylee rm countly
+      kaylee rm web --override --reason "INC-42: take it down now, file removed in #913"
     """
     override = _override(params)
     with _store(ctx) as store:

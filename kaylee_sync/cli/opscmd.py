@@ -76,7 +76,12 @@ def suspend(name: str, reason: str, duration: str | None, who: str | None, **par
 @click.argument("name")
 @etcd_options
 def resume(name: str, **params: Any) -> None:
-    """Let Git sync manage unit NAME again (the next sync puts Git's version back)."""
+    """Let Git sync manage unit NAME again (the next sync puts Git's version back).
+
+    \b
+    Example:
+      kaylee-sync resume web
+    """
     with Store(etcd_settings_from(params)) as store:
         removed = resume_unit(store, name)
     if removed is None:
@@ -88,7 +93,13 @@ def resume(name: str, **params: Any) -> None:
 @format_option("text", "json")
 @etcd_options
 def status(fmt: str, **params: Any) -> None:
-    """Show the leader, the last sync attempt and success, and suspended units."""
+    """Show the leader, the last sync attempt and success, and suspended units.
+
+    \b
+    Examples:
+      kaylee-sync status
+      kaylee-sync status --format json | jq .attempt.problems
+    """
     with Store(etcd_settings_from(params)) as store:
         leader = store.leader()
         state = read_status(store)
