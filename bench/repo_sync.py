@@ -94,12 +94,12 @@ def run(args: argparse.Namespace) -> list[Measurement]:
             with store_at(etcd.endpoint, f"/apply-{i}") as store:
                 actual = read_actual(store)
                 fence = lead(store)
-                result, t = timed(
+                done, t = timed(
                     lambda: apply_plan(store, plan, actual.inventory, fence=fence)  # noqa: B023
                 )
-                if result.created != units or len(store.get_prefix(keys.UNITS)) != units:
-                    raise SystemExit(f"full apply: expected {units} units, got {result}")
-            batches = result.batches
+                if done.created != units or len(store.get_prefix(keys.UNITS)) != units:
+                    raise SystemExit(f"full apply: expected {units} units, got {done}")
+            batches = done.batches
             progress(f"full apply {i + 1}/{args.runs}: {t.wall:.3f} s ({batches} transactions)")
             applies.append(t.wall)
 

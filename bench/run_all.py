@@ -9,7 +9,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from bench import failover, scheduler_idle
+from bench import (
+    commit_latency,
+    daemon_rss,
+    failover,
+    fleet_submit,
+    repo_sync,
+    rolling_update,
+    scheduler_idle,
+)
 from bench.common import Measurement, parser, progress, report
 
 Benchmark = tuple[
@@ -19,6 +27,11 @@ Benchmark = tuple[
 BENCHMARKS: dict[str, Benchmark] = {
     "scheduler_idle": (scheduler_idle.configure, scheduler_idle.run),
     "failover": (failover.configure, failover.run),
+    "repo_sync": (repo_sync.configure, repo_sync.run),
+    "commit_latency": (commit_latency.configure, commit_latency.run),
+    "fleet_submit": (fleet_submit.configure, fleet_submit.run),
+    "rolling_update": (rolling_update.configure, rolling_update.run),
+    "daemon_rss": (daemon_rss.configure, daemon_rss.run),
 }
 
 

@@ -54,6 +54,11 @@ def go_quote(s: str) -> str:
     # per-character loop below costs seconds in a plan of 10,000 units (bench/repo_sync).
     if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
         return f'"{s}"'
+    return quote_runes(s)
+
+
+def quote_runes(s: str) -> str:
+    """:func:`go_quote` the long way, rune by rune (what the fast path must agree with)."""
     out = ['"']
     for char in s:
         code = ord(char)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from typing import Any
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kaylee_sync.plan.compute import make_plan
+from kaylee_sync.plan.diffs import pretty
 from kaylee_sync.plan.model import ActualState, DesiredState, Plan
 from kaylee_sync.plan.output_markdown import render_markdown
 from kaylee_sync.plan.output_text import MAX_NAMES, render_text
@@ -193,3 +195,22 @@ def test_markdown_never_exceeds_the_limit(
     assert len(md) <= limit
     if not md.endswith("…\n"):  # not hard-cut: every block it opened is closed
         assert md.count("<details>") == md.count("</details>")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES)
+def test_pretty_prints_exactly_what_json_dumps_with_indent_2_does(data: Any) -> None:
+    value = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    assert pretty(value) == json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def test_pretty_leaves_a_value_that_is_not_json_as_it_is() -> None:
+    assert pretty("name: web\n") == "name: web\n"

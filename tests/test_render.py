@@ -16,6 +16,7 @@ from kaylee_sync.render import (
     conflicts_for,
     go_quote,
     parse_unit_name,
+    quote_runes,
     render_options,
     render_units,
     slot_ids,
@@ -258,3 +259,8 @@ def test_rendered_units_survive_reparse_except_the_plugin_quirk(spec: UnitSpec) 
         order = {"Unit": 0, "Service": 1, "X-Fleet": 2}
         grouped = tuple(sorted(expected, key=lambda o: order[o.section]))
         assert parse(unit.text) == grouped
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)))
+def test_the_printable_ascii_fast_path_of_go_quote_agrees_with_the_rune_walk(s: str) -> None:
+    assert go_quote(s) == quote_runes(s)
