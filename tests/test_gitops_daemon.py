@@ -299,3 +299,43 @@ def test_two_daemons_on_one_repository_exactly_one_syncs(
         assert standby.last_result is None and standby.syncer.last_commit == ""
         assert ours[leader].syncer.last_commit == repo.head()
         assert standby._fetched  # warm: it kept its clone fresh
+
+
+def test_systemd_hears_the_watchdog_even_while_a_sync_takes_long(
+    local: GitSource, store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """WatchdogSec is much shorter than a first clone may take: pings must not wait for it."""
+    import socket
+
+    import kaylee_sync.sync.syncer as syncer_module
+    from kaylee_sync.sync.apply import apply_plan
+
+    path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    listener.settimeout(0.05)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    in_sync = threading.Event()
+
+    def slow_apply(*args: Any, **kwargs: Any) -> Any:
+        in_sync.set()
+        time.sleep(1.5)  # a long sync: the main loop is busy all along
+        return apply_plan(*args, **kwargs)
+
+    monkeypatch.setattr(syncer_module, "apply_plan", slow_apply)
+    try:
+        with running(local, store) as daemon:
+            assert in_sync.wait(10)
+            pings, deadline = 0, time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                try:
+                    pings += listener.recv(4096).count(b"WATCHDOG=1")
+                except TimeoutError:
+                    continue
+            assert daemon.last_result is None  # the sync was still running all along
+            assert pings >= 5
+            first_sync(daemon)
+    finally:
+        listener.close()

@@ -161,11 +161,22 @@ class Daemon:
     # -- health --------------------------------------------------------------------------
 
     def _health(self) -> tuple[bool, str]:
+        """Alive unless the sync loop is stuck: one pass over the loop (a sync, a fetch)
+        may take a clone's or fetch's whole timeout, twice, before that counts as stuck."""
         stalled = time.monotonic() - self._heartbeat
-        limit = max(60.0, 3 * self.settings.interval)
+        limit = max(60.0, 3 * self.settings.interval, 2 * self.source.settings.timeout + 30)
         if stalled > limit:
             return False, f"the sync loop has not run for {stalled:.0f} s"
         return True, "ok"
+
+    def _ping_watchdog(self, interval: float) -> None:
+        """systemd's watchdog hears from a thread of its own, so that a long first clone
+        or a slow sync does not get the daemon killed (WatchdogSec is far shorter than a
+        git timeout); it stops pinging once the loop is really stuck, and systemd
+        restarts the daemon."""
+        while not self.should_exit.wait(interval):
+            if self._health()[0]:
+                self.notifier.watchdog()
 
     def _ready(self) -> tuple[bool, str]:
         if self.is_leader():
@@ -189,8 +200,7 @@ class Daemon:
         sched_thread = None
         if self.http is not None:
             self.http.start()
-            host, port = self.http.address
-            log.info("HTTP listener on http://%s:%d (/healthz /readyz /metrics)", host, port)
+            log.info("HTTP listener on %s (/healthz /readyz /metrics)", self.http.url)
         self.election.start()
         if self.scheduler is not None:
             sched_thread = threading.Thread(
@@ -198,6 +208,11 @@ class Daemon:
             )
             sched_thread.start()
         self.triggers.start()
+        interval = self.notifier.watchdog_interval
+        if interval is not None:
+            threading.Thread(
+                target=self._ping_watchdog, args=(interval,), name="watchdog", daemon=True
+            ).start()
         self.notifier.ready("waiting for leadership")
         try:
             self._loop()
@@ -216,11 +231,9 @@ class Daemon:
             log.info("%s: stopped", self.identity)
 
     def _loop(self) -> None:
-        ping = self.notifier.watchdog_interval or 1.0
         while not self.should_exit.is_set():
             self._heartbeat = time.monotonic()
-            self.notifier.watchdog()
-            reason = self.queue.wait(timeout=min(ping, 1.0))
+            reason = self.queue.wait(timeout=1.0)
             if reason is None or self.should_exit.is_set():
                 continue
             if self.is_leader():
