@@ -24,6 +24,7 @@ from kaylee_sync.unitfile import LINE_MAX, UnitOption, serialize, unit_hash
 DESIRED_STATE = "launched"
 
 _AddOption = Callable[[str, str, str], None]
+_Option = tuple[str, str, str]  # section, name, value
 
 _MOUNTSERVICE = "systemd-mountservice-"
 _PLUGINS = "/var/lib/kaylee/plugins/volumes"
@@ -187,12 +188,18 @@ def render_options(
     spec: UnitSpec, unit_name: str, conflicts: Sequence[str]
 ) -> tuple[UnitOption, ...]:
     """The rkt engine's options for one fleet unit, in the original's order."""
+    return tuple(UnitOption(*option) for option in _options(spec, unit_name, conflicts))
+
+
+def _options(spec: UnitSpec, unit_name: str, conflicts: Sequence[str]) -> list[_Option]:
+    """``render_options`` as (section, name, value) triples, cheaper to build than
+    ``UnitOption``s: the load-time line check needs only the text (``render_issues``)."""
     unit_id = _NOT_ID_CHAR.sub("_", unit_name).removesuffix(".service")
     uuid_file = f"/var/run/kaylee_{unit_id}"
-    options: list[UnitOption] = []
+    options: list[_Option] = []
 
     def add(section: str, name: str, value: str) -> None:
-        options.append(UnitOption(section, name, value))
+        options.append((section, name, value))
 
     add("Unit", "Requires", "flanneld.service")
     add("Unit", "After", "flanneld.service")
@@ -237,7 +244,7 @@ def render_options(
         add("X-Fleet", "Global", "true")
     for conflict in conflicts:
         add("X-Fleet", "Conflicts", conflict)
-    return tuple(options)
+    return options
 
 
 def _volume(k: int, volume: Volume, add: _AddOption) -> list[str]:
@@ -282,28 +289,37 @@ _OPTION_FIELDS = {
 }
 
 
-def render_issues(spec: UnitSpec, filename: str, prefix: str = "k2") -> list[Issue]:
+def render_issues(
+    spec: UnitSpec, filename: str, prefix: str = "k2", *, hash6: str | None = None
+) -> list[Issue]:
     """Problems visible only once rendered: a unit file line fleet would refuse.
 
     go-systemd rejects (and systemd truncates) lines of LINE_MAX bytes or more; the
     ``ExecStart`` line grows with every arg, volume and app, so no single field's limit
     can prevent it. The last instance has the longest name, so it is the one checked.
+    ``hash6``: ``spec_hash6(spec)`` when the caller has it (it costs the spec's JSON).
     """
     # Only that instance is rendered: every file of a repository is checked on load,
     # and rendering all replicas of 10,000 units to keep one was most of the cost.
-    hash6 = spec_hash6(spec)
+    if hash6 is None:
+        hash6 = spec_hash6(spec)
     slots = slot_ids(spec.name, hash6, spec.slots)
-    unit = _render_unit(spec, prefix, hash6, slots, spec.instance_count)
+    index = spec.instance_count  # what _render_unit does, without building a FleetUnit
+    slot = slots[index % len(slots)]
+    unit_name = str(UnitName(prefix, spec.name, hash6, slot, index))
     issues = []
-    for option in unit.options:
-        size = len(f"{option.name}={option.value}".encode("utf-8", "surrogatepass"))
+    for _, name, value in _options(spec, unit_name, conflicts_for(spec, prefix, hash6, slot)):
+        # An ASCII line's size is its length; only other lines need encoding.
+        if len(name) + len(value) + 1 < LINE_MAX and value.isascii() and name.isascii():
+            continue
+        size = len(f"{name}={value}".encode("utf-8", "surrogatepass"))
         if size >= LINE_MAX:
             issues.append(
                 Issue(
                     filename,
                     0,
-                    _OPTION_FIELDS.get(option.name, "name"),
-                    f"renders a {option.name}= line of {size} bytes; fleet refuses lines of "
+                    _OPTION_FIELDS.get(name, "name"),
+                    f"renders a {name}= line of {size} bytes; fleet refuses lines of "
                     f"{LINE_MAX} bytes or more (split the unit or shorten its arguments)",
                 )
             )

@@ -125,8 +125,9 @@ def test_a_killed_leader_is_replaced_within_the_lease_ttl_and_a_new_commit_lands
     assert daemons.of(new_id) is standby
     stored = store.get_unit("web")
     assert stored is not None and b"example.com/web:2" in stored.value
-    status = read_status(store)
-    assert status is not None and status.attempt.leader == new_id
+    # sync/status is written just after the inventory: give it that moment
+    status = wait_for(lambda: read_status(store), timeout=5)
+    wait_for(lambda: (read_status(store) or status).attempt.leader == new_id, timeout=5)
     # the lease TTL, plus one sync (the poll interval and the sync itself)
     assert landed < 2 + 0.5 + 1.5
 

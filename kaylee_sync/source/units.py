@@ -24,6 +24,7 @@ from kaylee_sync.errors import Issue, SpecError
 from kaylee_sync.plan.model import DesiredUnit, FileProblem
 from kaylee_sync.render import render_issues
 from kaylee_sync.spec import load_unit, to_json
+from kaylee_sync.spec.codec import json_hash
 from kaylee_sync.spec.loader import MAX_BYTES, compose_node
 from kaylee_sync.spec.schema import NAME
 
@@ -144,10 +145,12 @@ class UnitParser:
             spec = load_unit(data, path)
         except SpecError as exc:
             return FileProblem(path, blob, exc.issues, declared_name(data, path))
-        issues = render_issues(spec, path, self.unit_prefix)
+        canonical = to_json(spec)  # once: the render check needs its hash too
+        hash6 = json_hash(canonical)[:6]
+        issues = render_issues(spec, path, self.unit_prefix, hash6=hash6)
         if issues:
             return FileProblem(path, blob, tuple(issues), spec.name)
-        return DesiredUnit(spec.name, path, blob, spec, to_json(spec))
+        return DesiredUnit(spec.name, path, blob, spec, canonical)
 
 
 def oversize(path: str, blob: str | None) -> FileProblem:

@@ -33,9 +33,54 @@ MAX_BYTES = 1 << 20  # 1 MiB: far above any real unit file, small enough to hold
 NODE_BUDGET = 100_000  # nodes visited, aliases counted each time: a billion laughs stops here.
 MAX_DEPTH = 32  # a unit file nests four levels deep; more is an attack or a mistake.
 
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BASE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_RESOLVED: dict[str, str] = {}  # plain scalar -> implicit tag, for short scalars only
+_RESOLVED_MAX = 4096  # entries; the cache is emptied when full, so it stays small
+_RESOLVED_LEN = 64  # longer scalars are resolved every time, never kept
+
+
+class _FastLoader(_BASE_LOADER):  # type: ignore[misc]
+    """The safe loader with PyYAML's Python resolver taken off the hot path.
+
+    The C composer calls ``descend_resolver``/``ascend_resolver``/``resolve`` in Python
+    for every node, a fifth of composing a unit file (bench/repo_sync). The safe loader
+    has no path resolvers (checked below), so the first two do nothing, and a plain
+    scalar's implicit tag depends only on its text: short ones are memoised (nobody
+    adds implicit resolvers to the safe loader after import). Tags are exactly
+    PyYAML's: a scalar whose first character no resolver is registered for gets the
+    default tag, as PyYAML would give it, and anything else asks PyYAML's ``resolve``.
+    """
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        return None
+
+    def ascend_resolver(self) -> None:
+        return None
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is ScalarNode:
+            if not implicit[0]:  # quoted: PyYAML skips the implicit resolvers too
+                return _SCALAR
+            tag = _RESOLVED.get(value)
+            if tag is None:
+                resolvers = self.yaml_implicit_resolvers
+                if value and value[0] not in resolvers and None not in resolvers:
+                    return _SCALAR  # no resolver could match: PyYAML's answer too
+                tag = super().resolve(kind, value, implicit)
+                if len(value) <= _RESOLVED_LEN:
+                    if len(_RESOLVED) >= _RESOLVED_MAX:
+                        _RESOLVED.clear()
+                    _RESOLVED[value] = tag
+            return tag
+        return super().resolve(kind, value, implicit)
+
+
+# Path resolvers would make tags depend on a node's position: keep PyYAML's walk then.
+_LOADER: Any = _BASE_LOADER if _BASE_LOADER.yaml_path_resolvers else _FastLoader
+_SCALAR: str = _BASE_LOADER.DEFAULT_SCALAR_TAG
 _SAFE = yaml.SafeLoader("")  # only its scalar constructors are used, never its loader
 _TAG = "tag:yaml.org,2002:"
+_STR_TAG, _MAP_TAG, _SEQ_TAG = _TAG + "str", _TAG + "map", _TAG + "seq"
 _KINDS = {
     "bool": "a boolean",
     "int": "a number",
@@ -99,53 +144,81 @@ class _Walker:
         self.issues.append(Issue(self.filename, line, path, reason))
 
     def walk(self, node: Node, path: str, depth: int) -> Any:
+        # The hot loop of loading (some 30 nodes a file, 10,000 files in a cold read):
+        # the most common case, a plain string, is tested first and tags are compared
+        # whole rather than stripped of their prefix.
         line = node.start_mark.line + 1
         self.visited += 1
         if self.visited > NODE_BUDGET:
             raise _Abort(line, "YAML aliases expand to too many nodes")
         if depth > MAX_DEPTH:
             raise _Abort(line, f"nested more than {MAX_DEPTH} levels deep")
-        self.lines.setdefault(path, line)
-        if isinstance(node, MappingNode) and node.tag == _TAG + "map":
-            return self.mapping(node, path, depth)
-        if isinstance(node, SequenceNode) and node.tag == _TAG + "seq":
-            return [self.walk(n, f"{path}[{i}]", depth + 1) for i, n in enumerate(node.value)]
+        lines = self.lines
+        if path not in lines:
+            lines[path] = line
         if isinstance(node, ScalarNode):
+            if node.tag == _STR_TAG:
+                return node.value
             return self.scalar(node, path, line)
+        if isinstance(node, MappingNode) and node.tag == _MAP_TAG:
+            return self.mapping(node, path, depth)
+        if isinstance(node, SequenceNode) and node.tag == _SEQ_TAG:
+            depth += 1
+            return [self.walk(n, f"{path}[{i}]", depth) for i, n in enumerate(node.value)]
         self.issue(line, path, f"unsupported YAML tag '{node.tag}'; use plain lists and mappings")
         return REPORTED
 
     def mapping(self, node: MappingNode, path: str, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         prefix = f"{path}." if path else ""
+        lines = self.lines
+        depth += 1
         for key_node, value_node in node.value:
-            line = key_node.start_mark.line + 1
             if not isinstance(key_node, ScalarNode):
+                line = key_node.start_mark.line + 1
                 self.issue(line, path, "keys must be plain strings, not lists or mappings")
                 continue
-            key, tag = key_node.value, key_node.tag.removeprefix(_TAG)
-            if tag == "merge":
-                self.issue(
-                    line,
-                    prefix + key,
-                    "YAML merge keys ('<<') are not supported; write the fields out",
-                )
+            key = key_node.value
+            if key_node.tag != _STR_TAG and not self.plain_key(key_node, prefix):
                 continue
-            if tag not in ("str", "value"):
-                kind = _KINDS.get(tag, f"tagged '{key_node.tag}'")
-                self.issue(
-                    line,
-                    prefix + key,
-                    f"key '{key}' is read as {kind} in YAML; field names are strings",
-                )
-                continue
+            field = prefix + key
+            line = key_node.start_mark.line + 1
             if key in out:
-                first = self.lines[prefix + key]
-                self.issue(line, prefix + key, f"duplicate key '{key}' (first at line {first})")
+                first = lines[field]
+                self.issue(line, field, f"duplicate key '{key}' (first at line {first})")
                 continue
-            self.lines[prefix + key] = line
-            out[key] = self.walk(value_node, prefix + key, depth + 1)
+            lines[field] = line
+            if isinstance(value_node, ScalarNode) and value_node.tag == _STR_TAG:
+                # walk() inlined for the commonest value, a plain string: the same
+                # budget and depth checks, and its line is the key's (recorded above).
+                if self.visited >= NODE_BUDGET or depth > MAX_DEPTH:
+                    self.walk(value_node, field, depth)  # raises walk's own _Abort
+                self.visited += 1
+                out[key] = value_node.value
+            else:
+                out[key] = self.walk(value_node, field, depth)
         return out
+
+    def plain_key(self, key_node: ScalarNode, prefix: str) -> bool:
+        """Whether a key not tagged as a string is still a field name; else report it."""
+        line = key_node.start_mark.line + 1
+        key, tag = key_node.value, key_node.tag.removeprefix(_TAG)
+        if tag == "merge":
+            self.issue(
+                line,
+                prefix + key,
+                "YAML merge keys ('<<') are not supported; write the fields out",
+            )
+            return False
+        if tag not in ("str", "value"):
+            kind = _KINDS.get(tag, f"tagged '{key_node.tag}'")
+            self.issue(
+                line,
+                prefix + key,
+                f"key '{key}' is read as {kind} in YAML; field names are strings",
+            )
+            return False
+        return True
 
     def scalar(self, node: ScalarNode, path: str, line: int) -> Any:
         tag = node.tag.removeprefix(_TAG)
