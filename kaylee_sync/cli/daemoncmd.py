@@ -18,14 +18,14 @@ from typing import Any, TypeVar
 import click
 
 from kaylee_sync.cli.common import etcd_settings_from
-from kaylee_sync.cli.fleetopts import fleet_client
+from kaylee_sync.cli.fleetopts import fleet_client, scheduler_settings_from
 from kaylee_sync.cli.gitopts import read_secret_file, source_settings_from
 from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
 from kaylee_sync.daemon.logs import register_secret, setup_logging
-from kaylee_sync.election import ElectionSettings, lead_once, make_identity
+from kaylee_sync.election import lead_once, make_identity
 from kaylee_sync.errors import KayleeError
 from kaylee_sync.fleet.protocol import FleetClient
-from kaylee_sync.scheduler.runner import Scheduler, SchedulerSettings
+from kaylee_sync.scheduler.runner import Scheduler
 from kaylee_sync.server import exit_on_signals
 from kaylee_sync.source import GitSource
 from kaylee_sync.store import Store
@@ -73,19 +73,6 @@ def daemon_options(func: F) -> F:
             help="File with the webhook secret (GitHub HMAC or GitLab token); enables "
             "POST /hooks/git. Or set KAYLEE_WEBHOOK_SECRET.",
         ),
-        click.option(
-            "--lease-ttl",
-            type=click.IntRange(min=2),
-            default=10,
-            show_default=True,
-            help="Leader lease, seconds: a standby takes over this long after a crash.",
-        ),
-        click.option("--stable", type=click.FloatRange(min=0), default=10.0, show_default=True,
-                     help="Seconds a new replica must run before an old one is retired."),
-        click.option("--rollout-timeout", type=click.FloatRange(min=1), default=300.0,
-                     show_default=True, help="Seconds a new replica may take to become stable."),
-        click.option("--resync", type=click.FloatRange(min=1), default=60.0, show_default=True,
-                     help="Seconds between full scheduler passes."),
         click.option("--no-scheduler", is_flag=True,
                      help="Sync only, never touch fleet (e.g. to stage a keyspace). Not "
                           "beside 'kaylee server': both campaign for the same leadership."),
@@ -108,6 +95,7 @@ def _secret(params: dict[str, Any]) -> str | None:
 
 
 def _settings(params: dict[str, Any]) -> DaemonSettings:
+    scheduler, election = scheduler_settings_from(params)
     return DaemonSettings(
         interval=params["interval"],
         listen=params["listen"] or None,
@@ -117,13 +105,8 @@ def _settings(params: dict[str, Any]) -> DaemonSettings:
             allow_prune_all=params["allow_prune_all"],
             unit_prefix=params["unit_prefix"],
         ),
-        scheduler=SchedulerSettings(
-            unit_prefix=params["unit_prefix"],
-            stable=params["stable"],
-            rollout_timeout=params["rollout_timeout"],
-            resync=params["resync"],
-        ),
-        election=ElectionSettings.for_ttl(params["lease_ttl"]),
+        scheduler=scheduler,
+        election=election,
         schedule=not params["no_scheduler"],
     )
 

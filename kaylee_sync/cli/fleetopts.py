@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 
 import click
 
+from kaylee_sync.election import ElectionSettings
 from kaylee_sync.fleet.protocol import FleetClient
+from kaylee_sync.scheduler.runner import SchedulerSettings
 from kaylee_sync.settings import EtcdSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,6 +55,54 @@ def fleet_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def scheduler_options(func: F) -> F:
+    """The leader's and scheduler's timings, shared by ``kaylee server`` and the daemon."""
+    options = [
+        click.option(
+            "--lease-ttl",
+            type=click.IntRange(min=2),
+            default=10,
+            show_default=True,
+            help="Seconds the leader's etcd lease lives; a standby takes over within this.",
+        ),
+        click.option(
+            "--stable",
+            type=click.FloatRange(min=0),
+            default=10.0,
+            show_default=True,
+            help="Seconds a new replica must run before an old one is retired.",
+        ),
+        click.option(
+            "--rollout-timeout",
+            type=click.FloatRange(min=1),
+            default=300.0,
+            show_default=True,
+            help="Seconds a new replica may take to run stably before the rollout fails.",
+        ),
+        click.option(
+            "--resync",
+            type=click.FloatRange(min=1),
+            default=60.0,
+            show_default=True,
+            help="Seconds between full reconciliations when nothing changes.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def scheduler_settings_from(params: dict[str, Any]) -> tuple[SchedulerSettings, ElectionSettings]:
+    """The settings :func:`scheduler_options` (and ``--unit-prefix``) describe."""
+    scheduler = SchedulerSettings(
+        unit_prefix=params["unit_prefix"],
+        stable=params["stable"],
+        rollout_timeout=params["rollout_timeout"],
+        resync=params["resync"],
+    )
+    return scheduler, ElectionSettings.for_ttl(params["lease_ttl"])
 
 
 def fleet_client(etcd: EtcdSettings, params: dict[str, Any]) -> FleetClient:

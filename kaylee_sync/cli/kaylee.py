@@ -28,12 +28,15 @@ from kaylee_sync.cli.common import (
     format_option,
     setup_logging,
 )
-from kaylee_sync.cli.fleetopts import fleet_client, fleet_options
+from kaylee_sync.cli.fleetopts import (
+    fleet_client,
+    fleet_options,
+    scheduler_options,
+    scheduler_settings_from,
+)
 from kaylee_sync.cli.follow import FollowSettings, Target, display_for, follow
-from kaylee_sync.election import ElectionSettings
 from kaylee_sync.errors import KayleeError, NotFoundError, StoreError, UsageError
 from kaylee_sync.render import check_renderable
-from kaylee_sync.scheduler.runner import SchedulerSettings
 from kaylee_sync.server import SchedulerServer
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.spec import spec_hash, to_json
@@ -288,34 +291,7 @@ def _take_over(store: Store, name: str, verb: str, override: _Override | None) -
 
 @cli.command()
 @fleet_options
-@click.option(
-    "--lease-ttl",
-    type=click.IntRange(min=2),
-    default=10,
-    show_default=True,
-    help="Seconds the leader's etcd lease lives; a standby takes over within this.",
-)
-@click.option(
-    "--stable",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    help="Seconds a new replica must run before an old one is retired.",
-)
-@click.option(
-    "--rollout-timeout",
-    type=click.FloatRange(min=1),
-    default=300.0,
-    show_default=True,
-    help="Seconds a new replica may take to run stably before the rollout fails.",
-)
-@click.option(
-    "--resync",
-    type=click.FloatRange(min=1),
-    default=60.0,
-    show_default=True,
-    help="Seconds between full reconciliations when nothing changes.",
-)
+@scheduler_options
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_context
 def server(ctx: click.Context, /, **params: Any) -> None:
@@ -331,13 +307,7 @@ def server(ctx: click.Context, /, **params: Any) -> None:
     """
     setup_logging(params["verbose"])
     settings: EtcdSettings = ctx.obj
-    scheduler = SchedulerSettings(
-        unit_prefix=params["unit_prefix"],
-        stable=params["stable"],
-        rollout_timeout=params["rollout_timeout"],
-        resync=params["resync"],
-    )
-    election = ElectionSettings.for_ttl(params["lease_ttl"])
+    scheduler, election = scheduler_settings_from(params)
     with Store(settings) as store:
         app = SchedulerServer(store, fleet_client(settings, params), scheduler, election)
         with app.signals():

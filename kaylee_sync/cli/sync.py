@@ -16,7 +16,7 @@ import click
 from kaylee_sync import __version__
 from kaylee_sync.cli.common import KayleeGroup, echo_json, etcd_options, format_option
 from kaylee_sync.cli.daemoncmd import daemon_options, run_daemon
-from kaylee_sync.cli.fleetopts import fleet_options
+from kaylee_sync.cli.fleetopts import fleet_options, scheduler_options
 from kaylee_sync.cli.gitopts import source_options
 from kaylee_sync.cli.lint import schema, validate
 from kaylee_sync.cli.opscmd import resume, status, suspend
@@ -33,6 +33,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KAYLEE"
 @source_options
 @etcd_options
 @fleet_options
+@scheduler_options
 @daemon_options
 @click.pass_context
 def cli(ctx: click.Context, /, **params: Any) -> None:
