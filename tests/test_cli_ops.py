@@ -26,6 +26,7 @@ from kaylee_sync.store import Store, keys
 from kaylee_sync.sync.syncer import Syncer
 from tests.gitrepo import GitRepo, two_units, unit_yaml
 from tests.gitrepo import unit_json as spec
+from tests.polling import wait_for
 from tests.test_gitops_daemon import first_sync, running
 
 BROKEN = "name: web\nreplicas: many\napps:\n  - image: example.com/web:2\n"
@@ -144,10 +145,12 @@ def test_status_names_the_leader_the_last_attempt_and_each_invalid_file(
         repo.write("units/web.yaml", BROKEN)
         broken = repo.commit("break web")
         daemon.queue.request("test")
-        for _ in range(200):
-            if daemon.syncer.last_commit == broken:
-                break
-            time.sleep(0.02)
+
+        def attempted() -> bool:  # the status record, not the syncer: it is written last
+            attempt = status_json(etcd_args).get("attempt")
+            return isinstance(attempt, dict) and attempt.get("commit") == broken
+
+        wait_for(attempted, timeout=30, what="the status of the broken commit")
         text = run("status", *etcd_args).stdout
         document = status_json(etcd_args)
     assert f"leader:        {daemon.identity}" in text
