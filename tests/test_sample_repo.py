@@ -19,8 +19,8 @@ from kaylee_sync.daemon.dev import machine_id
 from kaylee_sync.fleetsim.requirements import Requirements
 from kaylee_sync.fleetsim.scheduling import Job, Machine, plan
 from kaylee_sync.render import render_issues, render_units
+from kaylee_sync.source.localfile import load_unit_file
 from kaylee_sync.spec import to_json
-from kaylee_sync.spec.loader import load_unit_file
 from kaylee_sync.spec.model import UnitSpec
 
 ROOT = Path(__file__).resolve().parents[1]

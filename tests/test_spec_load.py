@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from kaylee_sync.errors import SpecError
-from kaylee_sync.spec import App, EnvVar, UnitSpec, load_unit, load_unit_file, parse_stored
+from kaylee_sync.source.localfile import load_unit_file
+from kaylee_sync.spec import App, EnvVar, UnitSpec, load_unit, parse_stored
 from kaylee_sync.spec.loader import MAX_BYTES
 
 GOOD = b"""\

@@ -39,8 +39,8 @@ from kaylee_sync.errors import KayleeError, NotFoundError, StoreError, UsageErro
 from kaylee_sync.render import check_renderable
 from kaylee_sync.server import SchedulerServer
 from kaylee_sync.settings import EtcdSettings
+from kaylee_sync.source.localfile import load_unit_file
 from kaylee_sync.spec import spec_hash, to_json
-from kaylee_sync.spec.loader import load_unit_file
 from kaylee_sync.store import Store, keys
 from kaylee_sync.sync.inventory import decode_inventory
 from kaylee_sync.sync.suspend import suspend

@@ -22,8 +22,8 @@ from kaylee_sync.cli.lint import schema, validate
 from kaylee_sync.cli.opscmd import resume, status, suspend
 from kaylee_sync.cli.plancmd import apply, plan
 from kaylee_sync.render import check_renderable, render_units
+from kaylee_sync.source.localfile import load_unit_file
 from kaylee_sync.spec import spec_hash, to_json
-from kaylee_sync.spec.loader import load_unit_file
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KAYLEE"}
 

@@ -24,8 +24,9 @@ from enum import Enum
 from pathlib import Path
 
 from kaylee_sync.plan.model import FileProblem
+from kaylee_sync.source.localfile import read_regular
 from kaylee_sync.source.units import Result, UnitParser, git_blob_id, oversize, problem
-from kaylee_sync.spec.loader import MAX_BYTES, read_regular
+from kaylee_sync.spec.loader import MAX_BYTES
 
 UNIT_SUFFIXES = (".yaml", ".yml")
 MODE_LINK = "120000"

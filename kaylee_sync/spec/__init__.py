@@ -8,7 +8,7 @@ from kaylee_sync.spec.codec import (
     spec_to_dict,
     to_json,
 )
-from kaylee_sync.spec.loader import load_unit, load_unit_file, parse_stored
+from kaylee_sync.spec.loader import load_unit, parse_stored
 from kaylee_sync.spec.model import App, EnvVar, UnitSpec, Volume
 from kaylee_sync.spec.schema import unit_schema
 from kaylee_sync.spec.validate import validate_spec
@@ -20,7 +20,6 @@ __all__ = [
     "Volume",
     "go_json_bytes",
     "load_unit",
-    "load_unit_file",
     "parse_stored",
     "spec_from_dict",
     "spec_hash",

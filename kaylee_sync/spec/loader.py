@@ -1,5 +1,8 @@
 """Loading unit specs from untrusted bytes: unit files (YAML or JSON) and etcd entries.
 
+This module does no I/O: it is given bytes. Reading a file from disk safely (no symlinks,
+no FIFOs, size capped) is the source layer's job (``kaylee_sync.source.localfile``).
+
 Unit files come from any contributor's pull request, so loading is defensive: sizes are
 capped before reading, YAML is only *composed* (safe loader, no object construction) and
 the node tree is walked here, which lets us record the line of every field, count nodes
@@ -16,9 +19,7 @@ refused. Merge keys (``<<``) are rejected rather than supported: one way to writ
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 from typing import Any
 
 import yaml
@@ -309,43 +310,6 @@ def load_unit(data: bytes, filename: str, *, strict: bool = True) -> UnitSpec:
     except _Abort as exc:
         raise _fail(filename, exc.reason, exc.line) from None
     return _check(plain, filename, walker.lines, walker.issues, strict)
-
-
-class NotRegularFile(OSError):
-    """What :func:`read_regular` found is not a regular file (any more)."""
-
-
-def read_regular(path: str | os.PathLike[str]) -> bytes:
-    """At most MAX_BYTES + 1 bytes of a regular file, never following a symlink.
-
-    O_NOFOLLOW closes the gap between a caller's lstat and this open (a file swapped for
-    a symlink); O_NONBLOCK keeps a swapped-in FIFO from blocking the open.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    fd = os.open(path, flags)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise NotRegularFile(0, "not a regular file")
-        return f.read(MAX_BYTES + 1)
-
-
-def load_unit_file(path: str | os.PathLike[str], display_name: str | None = None) -> UnitSpec:
-    """Read and load a unit file; symlinks, non-regular and over-1-MiB files are refused."""
-    name = display_name if display_name is not None else os.fspath(path)
-    try:
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            raise _fail(name, "is a symbolic link; unit files must be regular files")
-        if not stat.S_ISREG(st.st_mode):
-            raise _fail(name, "is not a regular file")
-        if st.st_size > MAX_BYTES:
-            raise _fail(name, f"is larger than {MAX_BYTES} bytes (1 MiB); refusing to read it")
-        data = read_regular(path)
-    except NotRegularFile:
-        raise _fail(name, "is not a regular file") from None
-    except OSError as exc:
-        raise _fail(name, f"cannot be read: {exc.strerror or exc}") from exc
-    return load_unit(data, name)
 
 
 class _Pairs(dict[str, Any]):
