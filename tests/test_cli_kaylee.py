@@ -31,6 +31,7 @@ from kaylee_sync.embedded_etcd import EmbeddedEtcd, free_port
 from kaylee_sync.fleet.etcd2 import Etcd2Client
 from kaylee_sync.fleet.registry import RegistryDriver
 from kaylee_sync.fleetsim import SimulatedCluster
+from kaylee_sync.health import decode_report
 from kaylee_sync.scheduler.runner import SchedulerSettings
 from kaylee_sync.server import SchedulerServer
 from kaylee_sync.spec import App, UnitSpec, spec_hash6, to_json
@@ -324,7 +325,7 @@ def look(report, fleet=None, leader="me", stored=None, spec=None):
         stored=value if stored is None else stored,
         generation=0,
         leader=leader,
-        report=report,
+        report=decode_report(json.dumps(report), "rollouts/web") if report else None,
         fleet=fleet,
     )
 

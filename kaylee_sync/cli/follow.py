@@ -24,7 +24,6 @@ clock and a display passed in, so they are tested without click or a terminal.
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -34,6 +33,14 @@ from typing import Any, Protocol, TextIO
 
 from kaylee_sync.errors import FleetError, StoreError
 from kaylee_sync.fleet.protocol import FleetClient
+from kaylee_sync.health import (
+    FleetTally,
+    RolloutReport,
+    StuckWatch,
+    Verdict,
+    decode_report,
+    judge,
+)
 from kaylee_sync.render import parse_unit_name
 from kaylee_sync.scheduler.decide import is_running, replica_variant
 from kaylee_sync.spec import UnitSpec, spec_hash6
@@ -83,9 +90,10 @@ class Look:
     stored: bytes | None  # units/<name> now
     generation: int
     leader: str | None
-    report: dict[str, Any] | None
+    report: RolloutReport | None
     fleet: list[tuple[str, bool]] | None  # (hash6, running) per fleet unit; None: not read
     fleet_error: str = ""
+    report_error: str = ""  # the report is there but is not one (shown, never fatal)
 
 
 @dataclass(frozen=True)
@@ -105,7 +113,7 @@ class Outcome:
 
 
 def assess(target: Target, look: Look) -> Status:
-    """What one look says about the rollout (pure)."""
+    """What one look says about the rollout (pure); the verdict is :func:`health.judge`'s."""
     name, spec = target.name, target.spec
     if look.stored is None:
         return Status(f"{name}: removed", failure=f"{name} was removed while waiting")
@@ -114,55 +122,47 @@ def assess(target: Target, look: Look) -> Status:
             f"{name}: changed",
             failure=f"units/{name} was changed by someone else while waiting; stopped following",
         )
-    report = look.report
-    current = (
-        report is not None
-        and target.is_identity(str(report.get("hash6", "")))
-        and report.get("desired") == spec.instance_count
-    )
-    ident = str(report["hash6"]) if current and report is not None else target.hash6
     want = spec.instance_count
+    report = look.report if look.report and look.report.is_about(target.is_identity, want) else None
+    ident = report.hash6 if report is not None else target.hash6
+    tally = None
     if look.fleet is not None:
         new_total = sum(1 for h, _ in look.fleet if h == ident)
         new_running = sum(1 for h, running in look.fleet if h == ident and running)
-        old = len(look.fleet) - new_total
+        tally = FleetTally(new_total, new_running, len(look.fleet) - new_total)
     else:
-        new_total = new_running = int(report.get("running", 0)) if current and report else 0
-        old = 0
+        new_running = report.running if report is not None else 0
     noun = "replicas" if spec.is_replica_unit else "instance"
     text = f"{name}: {new_running}/{want} new {noun} running"
-    if old:
-        text += f", {old} old left"
-    phase = str(report.get("phase", "")) if current and report is not None else ""
-    text += f" · {phase or 'waiting for the scheduler'}"
+    if tally is not None and tally.old:
+        text += f", {tally.old} old left"
+    text += f" · {report.phase.value if report is not None else 'waiting for the scheduler'}"
     if look.leader is None:
         text += " · no leader"
     if look.fleet_error:
         text += f" · fleet not reachable: {look.fleet_error}"
-    error = str(report.get("error") or "") if current and report is not None else ""
+    if look.report_error:
+        text += f" · {look.report_error}"
+    error = report.error if report is not None else ""
     if error:
         text += f" · error: {error}"
     status = Status(text, error=error, leaderless=look.leader is None)
-    if current and report is not None:
-        # A failed rollout names its hash; a first deploy that never ran reports
-        # "failed" for the current hash with no failed_hash (it is not sticky).
-        if phase == "failed" and (report.get("failed_hash") or report.get("hash6")) == ident:
-            message = str(report.get("message") or f"rollout of {ident} failed")
-            return replace(status, failure=f"{name}: rollout failed: {message}")
-        fleet_agrees = look.fleet is None or (new_total == new_running == want and not old)
-        if phase == "steady" and report.get("running") == want and fleet_agrees:
-            return replace(status, done=True)
-    return status
+    judgement = judge(report, is_identity=target.is_identity, desired=want, fleet=tally)
+    if judgement.verdict is Verdict.FAILED:
+        return replace(status, failure=f"{name}: rollout failed: {judgement.reason}")
+    return replace(status, done=judgement.verdict is Verdict.DONE)
 
 
 def take_look(store: Store, fleet: FleetClient | None, target: Target) -> Look:
     """Read the unit, its restart generation, the leader, the report and fleet's units."""
     stored = store.get_unit(target.name)
     report_value = store.get(keys.rollout_key(target.name))
-    try:
-        report = json.loads(report_value.value) if report_value is not None else None
-    except ValueError:
-        report = None
+    report, report_error = None, ""
+    if report_value is not None:
+        try:
+            report = decode_report(report_value.value, report_value.key)
+        except StoreError as exc:
+            report_error = str(exc)
     units: list[tuple[str, bool]] | None = None
     fleet_error = ""
     if fleet is not None:
@@ -181,9 +181,10 @@ def take_look(store: Store, fleet: FleetClient | None, target: Target) -> Look:
         stored=stored.value if stored is not None else None,
         generation=store.restart_generation(target.name),
         leader=store.leader(),
-        report=report if isinstance(report, dict) else None,
+        report=report,
         fleet=units,
         fleet_error=fleet_error,
+        report_error=report_error,
     )
 
 
@@ -249,8 +250,7 @@ def follow(
     settings = settings or FollowSettings()
     wait = wait or threading.Event().wait
     start = clock()
-    leaderless_since: float | None = None
-    error_since: tuple[str, float] | None = None
+    stuck = StuckWatch(settings.leaderless_grace, settings.error_grace)
     text = f"{target.name}: waiting for the scheduler"
     try:
         while True:
@@ -271,23 +271,12 @@ def follow(
                     return Outcome(True, f"rollout of {target.name} ({target.hash6}) done", elapsed)
                 if status.failure:
                     return Outcome(False, status.failure, elapsed)
-                leaderless_since = (leaderless_since or now) if status.leaderless else None
-                if leaderless_since is not None and now - leaderless_since >= (
-                    settings.leaderless_grace
-                ):
-                    return Outcome(
-                        False,
-                        f"no kaylee server is leading (none for {now - leaderless_since:.0f} s), "
-                        f"so nothing schedules {target.name}: start 'kaylee server'",
-                        elapsed,
-                    )
-                if not status.error:
-                    error_since = None
-                elif error_since is None or error_since[0] != status.error:
-                    error_since = (status.error, now)
-                elif now - error_since[1] >= settings.error_grace:
-                    failing = f"{target.name}: the scheduler keeps failing: {status.error}"
-                    return Outcome(False, failing, elapsed)
+                why = stuck.observe(now, leaderless=status.leaderless, error=status.error)
+                if why is not None and why.leaderless:
+                    hint = f"so nothing schedules {target.name}: start 'kaylee server'"
+                    return Outcome(False, f"{why.reason}, {hint}", elapsed)
+                if why is not None:
+                    return Outcome(False, f"{target.name}: {why.reason}", elapsed)
             if elapsed >= settings.timeout:
                 return Outcome(False, f"timed out after {settings.timeout:.0f} s: {text}", elapsed)
             wait(min(settings.interval, max(0.0, settings.timeout - elapsed)))

@@ -10,7 +10,6 @@ removed its spec.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -18,6 +17,7 @@ import click
 
 from kaylee_sync.errors import FleetError, SpecError, StoreError
 from kaylee_sync.fleet.protocol import FleetClient
+from kaylee_sync.health import decode_report
 from kaylee_sync.render import parse_unit_name
 from kaylee_sync.spec import spec_hash
 from kaylee_sync.spec.loader import parse_stored
@@ -51,12 +51,15 @@ def collect(store: Store, fleet: FleetClient | None, unit_prefix: str) -> dict[s
                     "state": ",".join(s.sub_state for s in reported) or unit.current_state,
                 }
             )
-    rollouts = {}
+    rollouts: dict[str, dict[str, Any]] = {}
     for stored in store.get_prefix(keys.ROLLOUTS):
+        name = stored.key.removeprefix(keys.ROLLOUTS)
         try:
-            rollouts[stored.key.removeprefix(keys.ROLLOUTS)] = json.loads(stored.value)
-        except ValueError:
+            report = decode_report(stored.value, stored.key)
+        except StoreError as exc:
+            rollouts[name] = {"error": str(exc)}  # shown for that unit, never fatal
             continue
+        rollouts[name] = report.as_dict()
 
     suspended = _suspensions(store)
     rows = []
@@ -128,10 +131,13 @@ def print_table(listing: dict[str, Any]) -> None:
         for i, unit in enumerate(fleet_rows):
             lead = first if i == 0 else ("", "", "")
             lines.append((*lead, unit["name"], unit["machine"][:12], unit["state"]))
-        rollout = row.get("rollout")
-        progress = f"{rollout['phase']}: {rollout['message']}" if rollout else ""
+        rollout = row.get("rollout") or {}
+        if "error" in rollout:
+            progress = f"rollout report unreadable: {rollout['error']}"
+        else:
+            progress = f"{rollout['phase']}: {rollout['message']}" if rollout.get("message") else ""
         notes = [
-            row.get("error") or (progress if rollout and rollout["message"] else ""),
+            row.get("error") or progress,
             _suspension_note(row["suspended"]) if "suspended" in row else "",
         ]
         for note in filter(None, notes):
