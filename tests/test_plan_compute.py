@@ -173,7 +173,7 @@ def test_deleting_every_managed_unit_is_refused_without_allow_prune_all() -> Non
     etcd = synced(desired(WEB, API))
     plan = make_plan(desired(), etcd, now=NOW)
     assert names(plan, Action.PRUNE_REFUSED) == ["api", "web"]
-    assert "--allow-prune-all" in plan.prune_refused and "\n" not in plan.prune_refused
+    assert "--allow-prune" in plan.prune_refused and "\n" not in plan.prune_refused
     assert not plan.has_changes
     allowed = make_plan(desired(), etcd, now=NOW, allow_prune_all=True)
     assert names(allowed, Action.DELETE) == ["api", "web"] and allowed.prune_refused == ""
@@ -181,11 +181,20 @@ def test_deleting_every_managed_unit_is_refused_without_allow_prune_all() -> Non
 
 def test_more_deletions_than_max_prune_are_refused_but_other_changes_go_ahead() -> None:
     etcd = synced(desired(WEB, API, DB, spec("a"), spec("b")))
-    plan = make_plan(desired(dataclasses.replace(WEB, replicas=9)), etcd, now=NOW, max_prune=3)
+    plan = make_plan(
+        desired(dataclasses.replace(WEB, replicas=9)),
+        etcd,
+        now=NOW,
+        max_prune=3,
+        max_prune_percent=100.0,
+    )
     assert names(plan, Action.PRUNE_REFUSED) == ["a", "api", "b", "db"]
     assert names(plan, Action.UPDATE) == ["web"]
     assert "--max-prune 3" in plan.prune_refused
-    assert make_plan(desired(WEB), etcd, now=NOW, max_prune=4).prune_refused == ""
+    assert (
+        make_plan(desired(WEB), etcd, now=NOW, max_prune=4, max_prune_percent=100.0).prune_refused
+        == ""
+    )
 
 
 def test_an_invalid_file_does_not_count_as_deleting_every_unit() -> None:

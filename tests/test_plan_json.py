@@ -69,6 +69,9 @@ def test_the_document_has_the_documented_top_level_fields() -> None:
         "units",
         "problems",
         "prune_refused",
+        "prune_hold",
+        "prune_overridden",
+        "prune_released",
         "expired_suspensions",
     ]
     assert doc["version"] == 1
