@@ -95,11 +95,11 @@ def judge(
     real = [n for n in deletions if n not in suspended]
     baseline = managed if hold is None else min(managed, hold.baseline)
     # Units added since the first refusal: the messages say why the count is not theirs.
-    grown = hold is not None and hold.baseline < managed
+    grown = hold if hold is not None and hold.baseline < managed else None
     refusal = ""
     if real:
-        refusal = _refusal(len(deletions), len(real), invalid, baseline, hold if grown else None)
-        refusal = refusal or _over_budget(len(real), baseline, hold if grown else None, limits)
+        refusal = _refusal(len(deletions), len(real), invalid, baseline, grown)
+        refusal = refusal or _over_budget(len(real), baseline, grown, limits)
     if refusal and limits.allow:
         released = f"released by --allow-prune, deleting {len(real)} units" if hold else ""
         return Verdict(overridden=refusal, released=released)
@@ -109,6 +109,8 @@ def judge(
         return Verdict(refused=refusal, hold=new_hold)
     if hold is None:
         return Verdict()
+    if deletions and not real:
+        return Verdict(hold=hold)  # all suspended: resuming one must meet the hold again
     if real:
         why = f"the commit passes the guard against the {baseline} units managed when it refused"
         return Verdict(released=f"{why}, deleting {len(real)}")
