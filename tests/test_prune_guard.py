@@ -9,6 +9,7 @@ by name and mod revision, never on what the plan says.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kaylee_sync.cli.sync import cli
 from kaylee_sync.errors import ConflictError, StoreError
 from kaylee_sync.plan.compute import make_plan
-from kaylee_sync.plan.model import Action
+from kaylee_sync.plan.model import Action, ActualState, DesiredState, PruneHold
 from kaylee_sync.plan.output_json import plan_from_json, plan_to_json
 from kaylee_sync.plan.output_markdown import render_markdown
 from kaylee_sync.plan.output_text import render_text
@@ -35,7 +38,7 @@ from kaylee_sync.sync.status import read_status
 from kaylee_sync.sync.suspend import resume, suspend
 from kaylee_sync.sync.syncer import Syncer, SyncSettings
 from tests.gitrepo import GitRepo, unit_yaml
-from tests.plan_builders import NOW, desired, spec, synced
+from tests.plan_builders import NOW, desired, problem, spec, suspension, synced
 from tests.polling import wait_for
 from tests.test_gitops_daemon import running
 
@@ -383,6 +386,7 @@ def test_the_old_flag_name_and_its_variable_still_lift_the_guard(
 
 # 40 in the suite; PRUNE_TRIALS=500 for the run recorded in docs/reliability.md.
 TRIALS = int(os.environ.get("PRUNE_TRIALS", "40"))
+PROPERTY_EXAMPLES = int(os.environ.get("PRUNE_EXAMPLES", "150"))
 
 
 def test_random_refused_commits_stay_held_through_later_commits_and_polls(
@@ -451,3 +455,54 @@ def test_suspending_the_held_units_keeps_the_hold_for_when_they_are_resumed(
         assert resume(store, name) is not None
     poll(syncer, 2)
     assert set(NAMES) == set(store.unit_names())
+
+
+# -- the rule itself, on random worlds -------------------------------------------------
+
+
+@st.composite
+def guarded_worlds(draw: st.DrawFn) -> tuple[DesiredState, ActualState, PruneLimits]:
+    """1-40 managed units; the commit drops, breaks, keeps or suspends each, and adds
+    some; maybe a hold from an earlier refusal; any budget, maybe lifted."""
+    names = [f"m{i}" for i in range(draw(st.integers(1, 40)))]
+    fate = {n: draw(st.sampled_from(["keep", "keep", "drop", "break"])) for n in names}
+    suspended = [n for n in names if draw(st.integers(0, 9)) == 0]
+    kept = [spec(n) for n in names if fate[n] == "keep"]
+    added = [spec(f"a{i}") for i in range(draw(st.integers(0, 5)))]
+    broken = [problem(f"units/{n}.yaml", n) for n in names if fate[n] == "break"]
+    etcd = synced(desired(*[spec(n) for n in names]), suspended=map(suspension, suspended))
+    baseline = draw(st.none() | st.integers(0, 40))
+    if baseline is not None:
+        hold = PruneHold(NOW - 99, "f" * 40, "e" * 40, baseline, 1, "refused before")
+        etcd = dataclasses.replace(etcd, prune_hold=hold)
+    limits = PruneLimits(
+        max_count=draw(st.none() | st.integers(0, 25)),
+        max_percent=draw(st.none() | st.floats(0, 100)),
+        allow=draw(st.integers(0, 4)) == 0,
+    )
+    return desired(*kept, *added, problems=broken), etcd, limits
+
+
+@settings(max_examples=PROPERTY_EXAMPLES)
+@given(guarded_worlds())
+def test_no_plan_deletes_over_the_budget_of_the_held_baseline_without_allow_prune(
+    world: tuple[DesiredState, ActualState, PruneLimits],
+) -> None:
+    state, etcd, limits = world
+    plan = make_plan(state, etcd, now=NOW, prune=limits)
+    managed = sorted(etcd.units)  # synced(): every unit in etcd is managed
+    held = etcd.prune_hold
+    base = len(managed) if held is None else min(len(managed), held.baseline)
+    deleted = plan.count(Action.DELETE)
+    if deleted and not limits.allow:
+        assert deleted <= limits.budget(base)
+        kept = {e.name for e in plan.entries if e.action not in (Action.DELETE, Action.INVALID)}
+        assert kept & set(managed), "a commit keeping no valid managed unit deleted some"
+    if plan.prune_refused:
+        new = plan.prune_hold
+        assert new is not None and new.held == plan.count(Action.PRUNE_REFUSED)
+        assert new.baseline == base  # the baseline never grows
+        if held is not None:
+            assert (new.since, new.first_commit) == (NOW - 99, "f" * 40)
+    elif plan.prune_hold is not None:  # kept only while suspended units alone are deleted
+        assert plan.prune_hold == held and plan.count(Action.SUSPENDED)

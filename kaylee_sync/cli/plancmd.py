@@ -162,9 +162,7 @@ def _plan_against(source: GitSource, params: dict[str, Any], settings: SyncSetti
         head,
         actual_from_desired(base, label),
         now=time.time(),
-        max_prune=settings.max_prune,
-        max_prune_percent=settings.max_prune_percent,
-        allow_prune_all=settings.allow_prune_all,
+        prune=settings.prune,
         unit_prefix=settings.unit_prefix,
     )
 

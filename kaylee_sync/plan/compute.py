@@ -35,13 +35,7 @@ from kaylee_sync.plan.model import (
     PlanEntry,
     Suspension,
 )
-from kaylee_sync.plan.prune import (
-    DEFAULT_MAX_PRUNE,
-    DEFAULT_MAX_PRUNE_PERCENT,
-    PruneLimits,
-    Verdict,
-    judge,
-)
+from kaylee_sync.plan.prune import DEFAULT_LIMITS, PruneLimits, Verdict, judge
 
 # What Git would do to a unit, said of a suspended one.
 _GIT_WOULD = {
@@ -57,25 +51,19 @@ def make_plan(
     actual: ActualState,
     *,
     now: float,
-    max_prune: int | None = DEFAULT_MAX_PRUNE,
-    max_prune_percent: float | None = DEFAULT_MAX_PRUNE_PERCENT,
-    allow_prune_all: bool = False,
+    prune: PruneLimits = DEFAULT_LIMITS,
     unit_prefix: str = "k2",
     generations: Mapping[str, int] | None = None,
 ) -> Plan:
-    """The plan that makes etcd follow ``desired``; ``now`` (unix seconds) ends suspensions.
-
-    ``max_prune`` and ``max_prune_percent`` make the deletion budget (None: no limit of
-    that kind) and ``allow_prune_all`` lifts the prune guard (``--allow-prune``).
-    """
+    """The plan that makes etcd follow ``desired``; ``now`` (unix seconds) ends suspensions,
+    ``prune`` is the prune guard's budget (or its lifting)."""
     planner = _Planner(desired, actual, now, unit_prefix, generations or {})
     entries = planner.invalid_entries()
     for name, unit in desired.units.items():
         if name not in entries:  # an invalid file claiming the name wins: hands off
             entries[name] = planner.desired_entry(unit)
     deletions = planner.deletions(entries.keys())
-    limits = PruneLimits(max_prune, max_prune_percent, allow_prune_all)
-    verdict = planner.prune_verdict(deletions, entries.values(), limits)
+    verdict = planner.prune_verdict(deletions, entries.values(), prune)
     for name, inv in deletions.items():
         entries[name] = planner.delete_entry(name, inv, verdict)
     return Plan(

@@ -68,6 +68,9 @@ class PruneLimits:
         return "no limit"
 
 
+DEFAULT_LIMITS = PruneLimits()
+
+
 @dataclass(frozen=True)
 class Verdict:
     refused: str = ""  # why the deletions are refused ("" = they go ahead)

@@ -28,7 +28,7 @@ from kaylee_sync.errors import ConflictError, KayleeError
 from kaylee_sync.gcpause import collector_paused
 from kaylee_sync.plan.compute import make_plan, short_commit
 from kaylee_sync.plan.model import Action, ActualState, DesiredState, Plan, PruneHold
-from kaylee_sync.plan.prune import DEFAULT_MAX_PRUNE, DEFAULT_MAX_PRUNE_PERCENT
+from kaylee_sync.plan.prune import DEFAULT_MAX_PRUNE, DEFAULT_MAX_PRUNE_PERCENT, PruneLimits
 from kaylee_sync.source import GitSource, redact
 from kaylee_sync.store import Store, keys
 from kaylee_sync.store.txn import Compare
@@ -51,6 +51,11 @@ class SyncSettings:
     """Prefix of fleet unit names, for the plan's fleet-level effects."""
     batch: int = 64
     """Operations per etcd transaction (etcd allows 128 including compares)."""
+
+    @property
+    def prune(self) -> PruneLimits:
+        """The prune guard's settings, as the planner takes them."""
+        return PruneLimits(self.max_prune, self.max_prune_percent, self.allow_prune_all)
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,7 @@ class Syncer:
             desired,
             actual,
             now=self.clock(),
-            max_prune=self.settings.max_prune,
-            max_prune_percent=self.settings.max_prune_percent,
-            allow_prune_all=self.settings.allow_prune_all,
+            prune=self.settings.prune,
             unit_prefix=self.settings.unit_prefix,
             generations=self._generations(),
         )
