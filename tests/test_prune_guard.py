@@ -126,7 +126,7 @@ def test_delete_all_and_add_one_deletes_nothing_at_any_later_poll(
 
 
 def test_delete_nine_and_break_the_tenth_deletes_nothing_until_the_files_come_back(
-    repo: GitRepo, source: GitSource, synced_store: Store
+    repo: GitRepo, source: GitSource, synced_store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = synced_store
     before = snapshot(store)
@@ -135,7 +135,10 @@ def test_delete_nine_and_break_the_tenth_deletes_nothing_until_the_files_come_ba
     repo.write("units/u0.yaml", BROKEN)
     repo.commit("delete nine, break one")
     syncer = Syncer(source, store)
-    poll(syncer)
+    with caplog.at_level(logging.WARNING):
+        poll(syncer)
+    assert caplog.text.count("prune refused at") == 1
+    assert caplog.text.count("invalid unit file: units/u0.yaml:2") == 1
     assert snapshot(store) == before and held(store) == 9
     plan = syncer.plan(syncer.desired())
     assert plan.count(Action.PRUNE_REFUSED) == 9 and plan.count(Action.INVALID) == 1

@@ -91,9 +91,10 @@ class Syncer:
         self.is_leader = is_leader
         self.clock = clock
         self.last_commit = ""
-        # What the last attempt reported about invalid files and refused prunes: the same
-        # complaint is logged once, not at every poll while the commit stays the same.
+        # What the last attempt reported about invalid files: the same complaint is
+        # logged once, not at every poll while the commit stays the same.
         self._last_complaints: tuple[object, ...] = ()
+        self._refusal_logged = ""  # the commit whose refusal this process last logged
 
     # -- read only -----------------------------------------------------------------------
 
@@ -218,24 +219,19 @@ class Syncer:
         for entry in plan.entries:
             if entry.action in (Action.UPDATE, Action.CREATE) and entry.reason.startswith("drift"):
                 log.warning("%s: %s", entry.name, entry.reason)
-        hold = plan.prune_hold
+        complaints = (plan.desired.commit, tuple(i for p in plan.problems for i in p.issues))
+        if complaints != self._last_complaints:
+            self._last_complaints = complaints
+            for issue in complaints[1]:
+                log.warning("invalid unit file: %s", issue)
         # A refusal is news once per commit, in the whole cluster: the stored hold says
         # which commit was last refused, so a restart or a new leader does not repeat it.
-        refusal = hold is not None and (held is None or held.commit != hold.commit)
-        complaints = (
-            plan.desired.commit,
-            tuple(i for p in plan.problems for i in p.issues),
-            refusal,
-        )
-        if complaints == self._last_complaints:
-            return
-        self._last_complaints = complaints
-        for issue in complaints[1]:
-            log.warning("invalid unit file: %s", issue)
-        if refusal:
-            log.warning(
-                "prune refused at %s: %s", short_commit(plan.desired.commit), plan.prune_refused
-            )
+        hold = plan.prune_hold
+        commit = plan.desired.commit
+        if hold is not None and (held is None or held.commit != commit):
+            if self._refusal_logged != commit:
+                log.warning("prune refused at %s: %s", short_commit(commit), plan.prune_refused)
+            self._refusal_logged = commit
 
     def _log_release(self, plan: Plan) -> None:
         """Say that deletions the guard would refuse were made, once they were."""
