@@ -272,6 +272,22 @@ def test_the_default_budget_refuses_1000_of_1010_and_says_so_in_every_output() -
     assert plan_from_json(json.loads(json.dumps(doc))).prune_hold == plan.prune_hold
 
 
+def test_a_plan_says_since_when_and_since_which_commit_a_refusal_is_held() -> None:
+    ten = [spec(f"s{i}") for i in range(10)]
+    hold = PruneHold(NOW - 3600, "f" * 40, "f" * 40, 10, 2, "refused before")
+    etcd = dataclasses.replace(synced(desired(*ten)), prune_hold=hold)
+    plan = make_plan(desired(*ten[2:]), etcd, now=NOW)
+    assert plan.prune_hold is not None and plan.prune_hold.since == NOW - 3600
+    assert plan.prune_hold.commit != plan.prune_hold.first_commit
+    line = next(x for x in render_text(plan, color=False).splitlines() if "Prune guard" in x)
+    assert line.endswith("(held since 2023-11-14 21:13 UTC, first refused at fffffff)")
+    back = make_plan(desired(*ten), etcd, now=NOW)
+    assert back.prune_hold is None and back.prune_released and not back.has_changes
+    assert "Prune guard hold ends: Git no longer deletes the held units" in render_text(
+        back, color=False
+    )
+
+
 def test_the_budget_is_ten_percent_at_least_one_and_at_most_twenty() -> None:
     limits = PruneLimits()
     assert [limits.budget(n) for n in (1, 9, 10, 19, 20, 30, 199, 200, 10_000)] == [

@@ -91,10 +91,9 @@ def prune_lines(plan: Plan) -> list[str]:
     if plan.prune_refused:
         line = f"Prune guard: {plan.prune_refused}"
         if hold is not None and hold.first_commit != plan.desired.commit:
-            line += (
-                f" (held since {format_time(hold.since)}, first refused at "
-                f"{short_commit(hold.first_commit)})"
-            )
+            first = short_commit(hold.first_commit)
+            where = "" if first in plan.prune_refused else f", first refused at {first}"
+            line += f" (held since {format_time(hold.since)}{where})"
         lines.append(line)
     if plan.prune_overridden:
         lines.append(f"Prune guard lifted by --allow-prune; it would say: {plan.prune_overridden}")
