@@ -334,7 +334,11 @@ def test_a_malformed_hold_stops_sync_with_the_key_named_and_nothing_deleted(
     repo.commit("delete everything")
     poll(Syncer(source, store), 1)
     before = snapshot(store)
-    for garbage in (b"{oops", b'{"v":1,"since":1e999}', b'{"v":2}', b"\xff"):
+    fields = '"first_commit":"a","commit":"a","baseline":1,"held":1,"reason":"r"'
+    garbage_values = [b"{oops", b'{"v":2}', b"\xff", b"[]", b'{"v":1,"since":1e999}']
+    garbage_values += [f'{{"v":1,"since":{t},{fields}}}'.encode() for t in ("1e300", "NaN")]
+    garbage_values.append(b'{"v":1,"since":1,"first_commit":"a","commit":"a","baseline":-1}')
+    for garbage in garbage_values:
         store.put(keys.PRUNE_HOLD, garbage)
         result = Syncer(source, store, SyncSettings(allow_prune_all=True)).sync_once()
         assert not result.ok and result.stage == "etcd"

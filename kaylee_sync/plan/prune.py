@@ -40,6 +40,7 @@ PRUNE_FLOOR = 1
 """Deletions always allowed whatever the share, so that a small repository works."""
 
 _RELEASE = "restore the files, or pass --allow-prune to delete them"
+_Y10K = 253_402_300_800  # 10000-01-01 UTC: a later time cannot be shown as a date
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,8 @@ def hold_from_doc(doc: object, mod_revision: int = 0) -> PruneHold:
     if not isinstance(doc, Mapping):
         raise ValueError("not a JSON object")
     since = doc.get("since")
-    if not isinstance(since, int | float) or isinstance(since, bool) or not math.isfinite(since):
-        raise ValueError("since: expected a finite number")
+    if not isinstance(since, int | float) or isinstance(since, bool) or not 0 <= since < _Y10K:
+        raise ValueError("since: expected a unix time (seconds, year 1970 to 9999)")
     return PruneHold(
         since=float(since),
         first_commit=_text(doc, "first_commit"),
