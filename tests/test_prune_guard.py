@@ -391,6 +391,24 @@ def test_plan_shows_the_hold_and_a_saved_allow_prune_plan_releases_it(
     assert store.unit_names() == ["new"] and store.get(keys.PRUNE_HOLD) is None
 
 
+def test_once_keeps_the_hold_until_started_with_allow_prune(
+    repo: GitRepo, synced_store: Store, etcd_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = synced_store
+    repo.remove("units")
+    repo.write("units/new.yaml", unit_yaml("new"))
+    repo.commit("delete every unit, add one")
+    once = ["--repo", str(repo.path), "--path", "units", "--once", "--no-scheduler", *etcd_args]
+    for _ in range(3):
+        refused = run(*once)
+        assert refused.exit_code == 1 and sorted(store.unit_names()) == sorted([*NAMES, "new"])
+    monkeypatch.setenv("KAYLEE_ALLOW_PRUNE", "true")
+    lifted = run(*once)
+    assert lifted.exit_code == 0, lifted.output
+    assert "prune guard lifted by --allow-prune: deleted 10 units" in lifted.stderr
+    assert store.unit_names() == ["new"] and store.get(keys.PRUNE_HOLD) is None
+
+
 def test_the_old_flag_name_and_its_variable_still_lift_the_guard(
     repo: GitRepo, synced_store: Store, etcd_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
