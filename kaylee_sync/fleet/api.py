@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import os
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 
-from kaylee_sync.errors import FleetError, FleetNotFound, FleetUnavailable
-from kaylee_sync.fleet.model import INACTIVE, LAUNCHED, FleetUnit, Machine, UnitState
+from kaylee_sync.errors import FleetConflict, FleetError, FleetNotFound, FleetUnavailable
+from kaylee_sync.fleet.model import INACTIVE, LAUNCHED, Debris, FleetUnit, Machine, UnitState
 from kaylee_sync.fleet.model import check_state as _check_state
 from kaylee_sync.fleet.throttle import Throttle
 from kaylee_sync.unitfile import UnitFileError, UnitOption, parse, serialize
@@ -170,12 +170,29 @@ class ApiDriver:
         return sorted(machines, key=lambda m: m.id)
 
     # -- writing --------------------------------------------------------------------
+    #
+    # Fencing: the throttle's guard checks the leader lease right before each request
+    # is sent. fleet's API has no conditional requests (no ETag, no precondition), so the
+    # strongest it allows is read-compare-write: each write first re-reads the unit and
+    # refuses (FleetConflict) if it is not what the caller saw. That narrows a stale
+    # writer's window to one round trip but cannot close it, unlike the registry
+    # driver's compare-and-swap (docs/architecture.md, "Fencing fleet writes").
+
+    def set_write_guard(self, guard: Callable[[str], None] | None) -> None:
+        self.throttle.guard = guard
 
     def create_unit(
-        self, name: str, options: Sequence[UnitOption], desired_state: str = LAUNCHED
+        self,
+        name: str,
+        options: Sequence[UnitOption],
+        desired_state: str = LAUNCHED,
+        *,
+        fresh: bool = False,
     ) -> None:
         _check_state(desired_state)
         current = self.unit(name)
+        if fresh and current is not None:
+            raise FleetConflict(f"fleet unit {name} appeared since it was read")
         same = current is not None and current.options == _canonical(options)
         if same and current is not None and current.desired_state == desired_state:
             return  # fleetd would rewrite target-state anyway: keep every agent asleep
@@ -186,17 +203,35 @@ class ApiDriver:
             ]
         self._request("PUT", "units/" + _segment(name), body=body)
 
-    def set_target_state(self, name: str, state: str) -> None:
-        _check_state(state)
+    def _recheck(self, name: str, seen: FleetUnit | None) -> FleetUnit:
         current = self.unit(name)
         if current is None:
+            if seen is not None:
+                raise FleetConflict(f"fleet unit {name} was destroyed since it was read")
             raise FleetNotFound(f"fleet unit {name} does not exist")
+        if seen is not None and (
+            current.desired_state != seen.desired_state or current.options != seen.options
+        ):
+            raise FleetConflict(f"fleet unit {name} changed since it was read")
+        return current
+
+    def set_target_state(self, name: str, state: str, *, seen: FleetUnit | None = None) -> None:
+        _check_state(state)
+        current = self._recheck(name, seen)
         if current.desired_state != state:
             body = {"name": name, "desiredState": state}
             self._request("PUT", "units/" + _segment(name), body=body)
 
-    def destroy_unit(self, name: str) -> None:
+    def destroy_unit(self, name: str, *, seen: FleetUnit | None = None) -> None:
+        if seen is not None:
+            self._recheck(name, seen)
         self._request("DELETE", "units/" + _segment(name))
+
+    def debris(self, unit_prefix: str) -> list[Debris]:
+        return []  # fleetd hides jobs without an object and unit bodies: nothing to see
+
+    def clean(self, item: Debris) -> None:
+        raise FleetError(f"the fleet API cannot remove {item.key}")
 
 
 def _segment(name: str) -> str:

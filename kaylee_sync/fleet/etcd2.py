@@ -12,6 +12,7 @@ Errors (every httpx error is wrapped here, ``raise … from exc``)::
     │   ├── CompareFailed       101 prevValue / prevIndex did not match
     │   ├── NotAFile            102 the key is a directory
     │   ├── AlreadyExists       105 create() of an existing key
+    │   ├── NotEmpty            108 a plain (non-recursive) delete of a non-empty directory
     │   ├── Unauthorized        110 wrong or missing user/password (names the user only)
     │   └── EventIndexCleared   401 watch index too old: read again, then watch
     └── FleetUnavailable
@@ -62,6 +63,10 @@ class AlreadyExists(Etcd2Error):
     """errorCode 105: create() (prevExist=false) found the key already there."""
 
 
+class NotEmpty(Etcd2Error):
+    """errorCode 108: delete(dir=True) found the directory not empty."""
+
+
 class Unauthorized(Etcd2Error):
     """errorCode 110: the cluster has auth on and refused our credentials (or none)."""
 
@@ -79,6 +84,7 @@ _ERRORS: dict[int, type[Etcd2Error]] = {
     101: CompareFailed,
     102: NotAFile,
     105: AlreadyExists,
+    108: NotEmpty,
     110: Unauthorized,
     401: EventIndexCleared,
 }
