@@ -58,6 +58,7 @@ class ApiDriver:
     ) -> None:
         parts = urlsplit(endpoint)
         self.throttle = throttle or Throttle()
+        self._guard: Callable[[str], None] | None = None
         self._socket: str | None = None
         if parts.scheme == "unix":
             socket_path = self._socket = parts.path or parts.netloc
@@ -108,6 +109,8 @@ class ApiDriver:
                 raise FleetUnavailable(f"fleet API {self.endpoint}: {what}: no such socket")
             headers = {"Content-Type": "application/json"} if body is not None else {}
             content = json.dumps(body).encode() if body is not None else None
+            if method != "GET" and self._guard is not None:
+                self._guard(what)
             try:
                 resp = self._http.request(
                     method, "/fleet/v1/" + path, params=params, content=content, headers=headers
@@ -179,7 +182,8 @@ class ApiDriver:
     # driver's compare-and-swap (docs/architecture.md, "Fencing fleet writes").
 
     def set_write_guard(self, guard: Callable[[str], None] | None) -> None:
-        self.throttle.guard = guard
+        self.throttle.guard = guard  # before each attempt, retries included
+        self._guard = guard  # and once more right before the request
 
     def create_unit(
         self,

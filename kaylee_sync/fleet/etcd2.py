@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -189,6 +189,10 @@ class Etcd2Client:
         auth = httpx.BasicAuth(username, password or "") if username is not None else None
         self._http = httpx.Client(verify=verify, auth=auth, timeout=timeout)
         self._current = 0
+        #: called with "<method> <key>" right before each write request is sent (also
+        #: before a failover to another endpoint); raising refuses it. The fleet
+        #: drivers' lease guard (see throttle.py): checked as late as possible.
+        self.before_write: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return f"Etcd2Client({list(self.endpoints)!r})"
@@ -314,6 +318,8 @@ class Etcd2Client:
         for attempt in range(count):
             i = (self._current + attempt) % count
             endpoint = self.endpoints[i]
+            if method != "GET" and self.before_write is not None:
+                self.before_write(f"{method} {key}")
             try:
                 resp = self._http.request(
                     method, endpoint + path, params=params, data=data, timeout=timeout

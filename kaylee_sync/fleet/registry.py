@@ -266,7 +266,8 @@ class RegistryDriver:
     # resurrect a destroyed job or overwrite a newer target state.
 
     def set_write_guard(self, guard: Callable[[str], None] | None) -> None:
-        self.throttle.guard = guard
+        self.throttle.guard = guard  # before each attempt, retries included
+        self.client.before_write = guard  # and once more right before the request
 
     def _write(self, what: str, fn: Callable[[], T]) -> T:
         try:

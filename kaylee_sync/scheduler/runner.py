@@ -84,16 +84,15 @@ class SchedulerSettings:
     destroy_timeout: float = 30.0
     """Seconds to wait for ``dead`` after stopping a unit before destroying it anyway."""
     resync: float = 60.0
-    """Seconds between full passes when nothing is happening (the safety net)."""
+    """Seconds between full passes when nothing is happening (the safety net), and
+    between scans for registry debris (a piece is removed when two scans in a row
+    found it unchanged)."""
     active_interval: float = 1.0
     """Seconds between passes while a rollout, scale or delete is under way."""
     settle: float = 30.0
     """Seconds after becoming leader (or after fleet or etcd could not be read) during
     which a unit whose instances report no state is neither stopped nor destroyed:
     fleet's unit states live 30 s, so by then every agent has republished."""
-    repair: float = 60.0
-    """Seconds between scans for registry debris (also on becoming leader); a piece is
-    removed when two scans in a row found it unchanged."""
 
     @property
     def timing(self) -> Timing:
@@ -346,7 +345,7 @@ class Scheduler:
         """
         if now < self._repair_due or self._halted():
             return
-        self._repair_due = now + self.settings.repair
+        self._repair_due = now + self.settings.resync
         found = self.fleet.debris(self.settings.unit_prefix)
         seen, self._debris_seen = self._debris_seen, {(d.key, d.index) for d in found}
         for item in found:
@@ -404,6 +403,7 @@ class Scheduler:
         """A leader-only v3 write: lease checked just before, ``master`` compared."""
         self.check_lease(f"{op.kind} {op.key}")
         if self.store.txn(self._fence(), [op]):
+            log.debug("wrote %s %s (fenced on master)", op.kind, op.key)
             return True
         log.warning("%s not written: %s no longer holds master", op.key, self.identity)
         return False
