@@ -84,7 +84,7 @@ def wait(what: str, predicate: Callable[[], T | None], timeout: float) -> T:
     while True:
         try:
             value = predicate()
-        except Exception:  # noqa: BLE001 - etcd may be frozen or restarting: look again
+        except Exception:
             value = None
         if value:
             return value
@@ -278,14 +278,14 @@ class Cluster:
                     self.breaches.append(f"{unit}: {counts.get(unit, 0)}/{floor} running")
             try:
                 names = [u.name for u in self.registry.units()]
-            except Exception:  # noqa: BLE001 - etcd frozen: the agents' view still counts
+            except Exception:
                 continue
             instances = [(p.unit, p.hash6, p.index) for n in names if (p := parse_unit_name(n))]
             if len(instances) != len(set(instances)):
                 self.duplicates.append(str(sorted(names)))
 
     def converged(self, specs: list[UnitSpec]) -> str:
-        """"" when converged, else what is still wrong."""
+        """ "" when converged, else what is still wrong."""
         running = self.sim.running_units()
         units = [u.name for u in self.registry.units()]
         wanted = {s.name: s for s in specs}
@@ -294,8 +294,10 @@ class Cluster:
             mine = [(n, p) for n, p in ours if p.unit == spec.name]
             good = [n for n, p in mine if p.hash6 == spec_hash6(spec) and n in running]
             indexes = {p.index for _, p in mine}
-            if len(mine) != spec.instance_count or len(good) != len(mine) or len(indexes) != len(
-                mine
+            if (
+                len(mine) != spec.instance_count
+                or len(good) != len(mine)
+                or len(indexes) != len(mine)
             ):
                 return f"{spec.name}: {sorted(n for n, _ in mine)} ({len(good)} good)"
         orphans = [n for n, p in ours if p.unit not in wanted]
@@ -414,7 +416,7 @@ def _converge(c: Cluster, final: list[UnitSpec], timeout: float) -> str:
     except TimeoutError:
         try:
             return c.converged(final) or "converged late"
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return f"unreadable: {exc}"
     return ""
 

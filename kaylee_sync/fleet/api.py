@@ -123,11 +123,16 @@ class ApiDriver:
         return self.throttle.call(what, call, write=method != "GET")
 
     def _pages(self, path: str, field: str) -> list[dict[str, Any]]:
+        """Every object of every page; anything that is not a JSON object is skipped."""
         items: list[dict[str, Any]] = []
         params: dict[str, str] = {}
         while True:
             page = self._request("GET", path, params=params) or {}
-            items.extend(page.get(field) or [])
+            if not isinstance(page, dict):
+                raise FleetUnavailable(f"fleet API {self.endpoint}: GET {path}: not a JSON object")
+            listed = page.get(field)
+            if isinstance(listed, list):
+                items.extend(i for i in listed if isinstance(i, dict))
             token = page.get("nextPageToken")
             if not token:
                 return items
@@ -140,7 +145,8 @@ class ApiDriver:
 
     def unit(self, name: str) -> FleetUnit | None:
         try:
-            return _unit(self._request("GET", "units/" + _segment(name)))
+            raw = self._request("GET", "units/" + _segment(name))
+            return _unit(raw if isinstance(raw, dict) else {"name": name})
         except FleetNotFound:
             return None
 
@@ -166,7 +172,7 @@ class ApiDriver:
             Machine(
                 id=str(m.get("id", "")),
                 public_ip=str(m.get("primaryIP", "")),
-                metadata={str(k): str(v) for k, v in (m.get("metadata") or {}).items()},
+                metadata=_str_map(m.get("metadata")),
             )
             for m in self._pages("machines", "machines")
         ]
@@ -242,12 +248,18 @@ def _segment(name: str) -> str:
     return quote(name, safe=":@")
 
 
+def _str_map(raw: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
 def _unit(raw: Mapping[str, Any]) -> FleetUnit:
+    options = raw.get("options")
     return FleetUnit(
         name=str(raw.get("name", "")),
         options=tuple(
             UnitOption(str(o.get("section", "")), str(o.get("name", "")), str(o.get("value", "")))
-            for o in raw.get("options") or ()
+            for o in (options if isinstance(options, list) else ())
+            if isinstance(o, dict)
         ),
         desired_state=str(raw.get("desiredState") or INACTIVE),
         current_state=str(raw.get("currentState") or INACTIVE),

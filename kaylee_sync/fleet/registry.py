@@ -224,7 +224,9 @@ class RegistryDriver:
                 if not isinstance(raw, dict):
                     log.warning("unreadable fleet unit state at %s", node.key)
                     continue
-                machine = raw.get("machineState") or {}
+                machine = raw.get("machineState")
+                if not isinstance(machine, dict):
+                    machine = {}  # fleet writes an object; anything else names no machine
                 out.append(
                     UnitState(
                         name=unit.name,
@@ -245,7 +247,12 @@ class RegistryDriver:
             obj = _json(parts.get("object", Node("")).value)
             if not isinstance(obj, dict) or not obj.get("ID"):
                 continue  # metadata left behind by a machine that is gone
-            metadata = {str(k): str(v) for k, v in (obj.get("Metadata") or {}).items()}
+            raw_metadata = obj.get("Metadata")
+            metadata = (
+                {str(k): str(v) for k, v in raw_metadata.items()}
+                if isinstance(raw_metadata, dict)
+                else {}
+            )
             for entry in parts.get("metadata", Node("")).nodes:
                 if entry.value:
                     metadata[entry.name] = entry.value
