@@ -12,6 +12,9 @@ a rollout and then does one bad thing to it:
 - ``freeze``: SIGSTOP etcd itself for 30 s mid-rollout; fleet's unit states (30 s TTL)
   expire meanwhile, so the leader elected afterwards sees no state at all at first.
 - ``kill``: SIGKILL the leader mid-rollout; the standby must finish.
+- ``restart``: SIGKILL etcd mid-rollout and start it again 5 s later on the same data;
+  measured: seconds from etcd answering again to a leader acting (its log says
+  "elected leader" or "leading again"), then convergence as above.
 
 What is observed, from outside the processes wherever possible:
 
@@ -19,8 +22,9 @@ What is observed, from outside the processes wherever possible:
   (the registry's etcd v2 API, or fleetd's API), so every fleet write is seen with the
   time it arrived. Any write from the old leader arriving after it was resumed is stale
   (its lease deadline had passed long before). v3 writes (rollout reports) are taken
-  from the old leader's debug log ("wrote … (fenced on master)", logged after etcd
-  accepted the transaction) by their timestamps.
+  from the old leader's debug log ("sending … (fenced on master)", logged after the
+  lease check, right before the transaction is sent): one logged after the resume
+  counts as stale even though etcd's compare on ``master`` would refuse it.
 - **floor**: a sampler reads what the simulated machines really run (their systemd, not
   etcd) every 100 ms; a replica unit must never run fewer instances than its replicas.
 - **convergence**: every unit at its desired count and spec hash, running, nothing
@@ -72,7 +76,8 @@ SPECS = (
 )
 # New versions start slowly, so that a rollout is under way when the trouble comes.
 BEHAVIOURS = {"docker://*:2": "start_delay=0.6", "docker://*:3": "start_delay=0.3"}
-_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) DEBUG .*wrote (\S+ \S+)")
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) DEBUG .*sending (\S+ \S+)")
+_ELECTED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*(elected leader|leading again)")
 
 
 def version(spec: UnitSpec, n: int) -> UnitSpec:
@@ -182,6 +187,7 @@ class Outcome:
     converged: bool = False
     detail: str = ""
     seconds: float = 0.0
+    elected_after: float | None = None  # restart: etcd answering -> a leader acting
 
     @property
     def ok(self) -> bool:
@@ -237,7 +243,7 @@ class Cluster:
         with open(log, "ab") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         self.servers.append(proc)
-        wait("server start", lambda: b"waiting to become leader" in log.read_bytes(), 20)
+        wait("server start", lambda: b"waiting to become leader" in log.read_bytes(), 90)
         return proc
 
     def log_path(self, index: int) -> Path:
@@ -304,17 +310,23 @@ class Cluster:
         if orphans:
             return f"orphans {orphans}"
         debris = self.registry.debris("k2")
+        if self.driver == "api":  # fleetd hides unit bodies; fleet itself never deletes them
+            debris = [d for d in debris if d.kind != "body"]
         return f"debris {[d.key for d in debris]}" if debris else ""
 
-    def stale_reports(self, index: int, after: float) -> list[str]:
+    def logged(self, index: int, pattern: re.Pattern[str], after: float) -> list[tuple[float, str]]:
+        """(time, group 2) of the server's log lines matching ``pattern`` after ``after``."""
         out = []
         for line in self.log_path(index).read_text(errors="replace").splitlines():
-            m = _LOG_TIME.match(line)
+            m = pattern.match(line)
             if m:
                 at = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
                 if at > after:
-                    out.append(m.group(2))
+                    out.append((at, m.group(2)))
         return out
+
+    def stale_reports(self, index: int, after: float) -> list[str]:
+        return [what for _, what in self.logged(index, _LOG_TIME, after)]
 
     def close(self) -> None:
         self._stop.set()
@@ -371,7 +383,7 @@ def pause_trial(c: Cluster, moment: str, second_commit: bool) -> Outcome:
     )
     resumed = time.time()
     old.send_signal(signal.SIGCONT)
-    problem = _converge(c, final, 90)
+    problem = _converge(c, final, 180)
     time.sleep(1.0)  # whatever the old leader still meant to send has been sent by now
     stale = [w for w in proxy.writes if w.at > resumed]
     out.stale_fleet = len(stale)
@@ -391,7 +403,7 @@ def freeze_trial(c: Cluster, etcd: EmbeddedEtcd, seconds: float) -> Outcome:
     proc.send_signal(signal.SIGSTOP)
     time.sleep(seconds)
     proc.send_signal(signal.SIGCONT)
-    problem = _converge(c, final, 150)
+    problem = _converge(c, final, 240)
     out.converged, out.detail = not problem, problem
     return out
 
@@ -405,7 +417,31 @@ def kill_trial(c: Cluster) -> Outcome:
     time.sleep(random.uniform(0.0, 1.0))
     old.send_signal(signal.SIGKILL)
     wait("the standby to lead", lambda: c.store.leader() not in (None, old_id), LEASE_TTL + 15)
-    problem = _converge(c, final, 90)
+    problem = _converge(c, final, 180)
+    out.converged, out.detail = not problem, problem
+    return out
+
+
+def restart_trial(c: Cluster, etcd: EmbeddedEtcd) -> Outcome:
+    out = Outcome("restart", c.driver)
+    _deploy(c)
+    final = c.put(2)
+    wait("the rollout to start", lambda: _rollout_started(c), 20)
+    proc = etcd._proc
+    assert proc is not None
+    proc.kill()
+    proc.wait()
+    etcd._proc = None
+    time.sleep(5.0)
+    etcd.start()
+    back = time.time()
+
+    def acting() -> float | None:
+        times = [at for i in range(2) for at, _ in c.logged(i, _ELECTED, back)]
+        return min(times) if times else None
+
+    out.elected_after = wait("a leader after the restart", acting, 60) - back
+    problem = _converge(c, final, 180)
     out.converged, out.detail = not problem, problem
     return out
 
@@ -425,12 +461,15 @@ def run_trial(
     etcd: EmbeddedEtcd, kind: str, driver: str, logs: Path, n: int, moment: str, freeze: float
 ) -> Outcome:
     started = time.monotonic()
-    c = Cluster(etcd.endpoint, driver, logs, machine_ttl=300 if kind == "freeze" else 30)
+    long_outage = kind in ("freeze", "restart")
+    c = Cluster(etcd.endpoint, driver, logs, machine_ttl=300 if long_outage else 30)
     try:
         if kind == "pause":
             out = pause_trial(c, moment, second_commit=n % 2 == 1)
         elif kind == "freeze":
             out = freeze_trial(c, etcd, freeze)
+        elif kind == "restart":
+            out = restart_trial(c, etcd)
         else:
             out = kill_trial(c)
     except TimeoutError as exc:
@@ -454,7 +493,7 @@ def trial_etcd(logs: Path) -> Iterator[EmbeddedEtcd]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--kind", choices=["pause", "freeze", "kill"], default="pause")
+    p.add_argument("--kind", choices=["pause", "freeze", "kill", "restart"], default="pause")
     p.add_argument("--driver", choices=["etcd", "api"], default="etcd")
     p.add_argument("--moment", choices=["write", "random", "mixed"], default="mixed")
     p.add_argument("--trials", type=int, default=5)
@@ -475,7 +514,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"trial {n + 1}/{args.trials}: {'ok' if out.ok else 'FAILED'} "
                     f"stale_fleet={out.stale_fleet} stale_reports={out.stale_reports} "
                     f"floor_breaches={out.floor_breaches} duplicates={out.duplicates} "
-                    f"converged={out.converged} {out.seconds:.1f}s {out.detail}",
+                    f"converged={out.converged} {out.seconds:.1f}s "
+                    + (f"elected_after={out.elected_after:.2f}s " if out.elected_after else "")
+                    + out.detail,
                     flush=True,
                 )
         print(f"{args.trials - failed}/{args.trials} trials ok", flush=True)

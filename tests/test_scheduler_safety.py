@@ -126,6 +126,24 @@ def test_a_deposed_scheduler_sends_no_fleet_write(
     assert client.get(f"{prefix}job") is None
 
 
+def test_the_guard_is_asked_again_on_the_socket_right_before_the_request(
+    etcd_endpoint: str, prefix: str
+) -> None:
+    asked: list[str] = []
+
+    def refuse(what: str) -> None:
+        asked.append(what)
+        raise FleetFenced(f"not sending {what}")
+
+    with Etcd2Client(etcd_endpoint) as client:
+        client.before_write = refuse
+        url = f"{etcd_endpoint}/v2/keys{prefix}probe"
+        with pytest.raises(FleetFenced):
+            client._http.put(url, data={"value": "x"})  # below every check in the client
+        assert asked and asked[0].startswith("PUT /v2/keys")
+        assert client.get(f"{prefix}probe") is None  # reads pass, and nothing was written
+
+
 # -- prompt stop, fenced reports --------------------------------------------------------
 
 

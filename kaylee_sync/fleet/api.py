@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from kaylee_sync.errors import FleetConflict, FleetError, FleetNotFound, FleetUnavailable
+from kaylee_sync.fleet.guarded import guarded_transport
 from kaylee_sync.fleet.model import INACTIVE, LAUNCHED, Debris, FleetUnit, Machine, UnitState
 from kaylee_sync.fleet.model import check_state as _check_state
 from kaylee_sync.fleet.throttle import Throttle
@@ -63,7 +64,7 @@ class ApiDriver:
         if parts.scheme == "unix":
             socket_path = self._socket = parts.path or parts.netloc
             self.endpoint = f"unix://{socket_path}"
-            transport = httpx.HTTPTransport(uds=socket_path)
+            transport = guarded_transport(self._check_write, uds=socket_path)
             # the host is only a placeholder for the Host header: the socket decides
             self._http = httpx.Client(transport=transport, base_url="http://fleet", timeout=timeout)
         elif parts.scheme in ("http", "https"):
@@ -74,12 +75,17 @@ class ApiDriver:
                 verify = ssl.create_default_context(cafile=ca_cert)
                 if cert:
                     verify.load_cert_chain(cert, key)
-            self._http = httpx.Client(base_url=self.endpoint, verify=verify, timeout=timeout)
+            transport = guarded_transport(self._check_write, verify=verify)
+            self._http = httpx.Client(base_url=self.endpoint, transport=transport, timeout=timeout)
         else:
             raise ValueError(f"fleet API endpoint must be unix://, http:// or https://: {endpoint}")
 
     def __repr__(self) -> str:
         return f"ApiDriver({self.endpoint!r})"
+
+    def _check_write(self, what: str) -> None:
+        if self._guard is not None:
+            self._guard(what)
 
     def close(self) -> None:
         self._http.close()
@@ -109,8 +115,8 @@ class ApiDriver:
                 raise FleetUnavailable(f"fleet API {self.endpoint}: {what}: no such socket")
             headers = {"Content-Type": "application/json"} if body is not None else {}
             content = json.dumps(body).encode() if body is not None else None
-            if method != "GET" and self._guard is not None:
-                self._guard(what)
+            if method != "GET":
+                self._check_write(what)
             try:
                 resp = self._http.request(
                     method, "/fleet/v1/" + path, params=params, content=content, headers=headers

@@ -34,6 +34,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 
 from kaylee_sync.errors import FleetError, FleetUnavailable
+from kaylee_sync.fleet.guarded import guarded_transport
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +188,17 @@ class Etcd2Client:
                 verify.load_cert_chain(cert, key)
         self.username = username  # shown in errors; the password never is
         auth = httpx.BasicAuth(username, password or "") if username is not None else None
-        self._http = httpx.Client(verify=verify, auth=auth, timeout=timeout)
-        self._current = 0
-        #: called with "<method> <key>" right before each write request is sent (also
-        #: before a failover to another endpoint); raising refuses it. The fleet
-        #: drivers' lease guard (see throttle.py): checked as late as possible.
+        #: called with a description of each write right before it is sent — before each
+        #: endpoint is tried, and again on the socket (guarded.py); raising refuses it.
+        #: The fleet drivers' lease guard (see throttle.py).
         self.before_write: Callable[[str], None] | None = None
+        transport = guarded_transport(self._check_write, verify=verify)
+        self._http = httpx.Client(auth=auth, timeout=timeout, transport=transport)
+        self._current = 0
+
+    def _check_write(self, what: str) -> None:
+        if self.before_write is not None:
+            self.before_write(what)
 
     def __repr__(self) -> str:
         return f"Etcd2Client({list(self.endpoints)!r})"
@@ -318,8 +324,8 @@ class Etcd2Client:
         for attempt in range(count):
             i = (self._current + attempt) % count
             endpoint = self.endpoints[i]
-            if method != "GET" and self.before_write is not None:
-                self.before_write(f"{method} {key}")
+            if method != "GET":
+                self._check_write(f"{method} {key}")
             try:
                 resp = self._http.request(
                     method, endpoint + path, params=params, data=data, timeout=timeout

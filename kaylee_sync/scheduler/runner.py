@@ -402,8 +402,8 @@ class Scheduler:
     def _write_report(self, op: Op) -> bool:
         """A leader-only v3 write: lease checked just before, ``master`` compared."""
         self.check_lease(f"{op.kind} {op.key}")
+        log.debug("sending %s %s (fenced on master)", op.kind, op.key)
         if self.store.txn(self._fence(), [op]):
-            log.debug("wrote %s %s (fenced on master)", op.kind, op.key)
             return True
         log.warning("%s not written: %s no longer holds master", op.key, self.identity)
         return False
