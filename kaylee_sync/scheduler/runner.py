@@ -63,6 +63,7 @@ from kaylee_sync.scheduler.decide import (
     is_running,
 )
 from kaylee_sync.scheduler.records import Complaints, decode_generation, decode_report
+from kaylee_sync.scheduler.repair import Repair
 from kaylee_sync.spec.loader import parse_stored
 from kaylee_sync.spec.model import UnitSpec
 from kaylee_sync.store import Compare, Op, Store, keys
@@ -134,8 +135,9 @@ class Scheduler:
         self._complain = Complaints()
         self._settle_until: float | None = None  # None: start settling at the next read
         self._last_read: float | None = None
-        self._repair_due = 0.0
-        self._debris_seen: set[tuple[str, int]] = set()
+        self.repair = Repair(
+            fleet, self.settings.unit_prefix, self.settings.resync, self.settings.active_interval
+        )
         fleet.set_write_guard(self.check_lease)
 
     # -- fencing -----------------------------------------------------------------------
@@ -161,8 +163,7 @@ class Scheduler:
         self.timers = Timers()
         self._errors.clear()
         self._settle_until = None  # fleet's states may be missing: settle first
-        self._repair_due = 0.0
-        self._debris_seen.clear()
+        self.repair.reset()
         self.trigger()
 
     # -- one pass ----------------------------------------------------------------------
@@ -241,7 +242,7 @@ class Scheduler:
             if not self._report(decision, reports.get(name), error, names):
                 return decisions  # the fence on master refused: someone else leads
             decisions.append(decision)
-        self._repair(now)
+        self.repair.run(now, self._halted)
         return decisions
 
     def _read_specs(self) -> tuple[dict[str, UnitSpec], set[str]]:
@@ -336,29 +337,6 @@ class Scheduler:
                 self.timers.stop_requested_at[name] = self.clock()
             case Destroy(name=name):
                 self.fleet.destroy_unit(name, seen=seen)
-
-    def _repair(self, now: float) -> None:
-        """Remove registry debris found unchanged by two scans in a row (our prefix only).
-
-        Two scans: a piece found once may be a write in flight (a stale leader's last
-        request); one still there, unchanged, a scan later is left over for good.
-        """
-        if now < self._repair_due or self._halted():
-            return
-        self._repair_due = now + self.settings.resync
-        found = self.fleet.debris(self.settings.unit_prefix)
-        seen, self._debris_seen = self._debris_seen, {(d.key, d.index) for d in found}
-        for item in found:
-            if (item.key, item.index) not in seen:
-                continue
-            try:
-                self.fleet.clean(item)
-            except FleetConflict as exc:
-                log.info("registry debris %s changed; left for the next scan: %s", item.key, exc)
-                continue
-            log.warning("removed registry debris %s (%s)", item.key, item.reason)
-        if found:
-            self._repair_due = min(self._repair_due, now + self.settings.active_interval)
 
     def _report(
         self,
