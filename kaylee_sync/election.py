@@ -302,12 +302,16 @@ class Election:
         won = self._store.txn([Compare.missing(MASTER)], [Op.put(MASTER, self.identity, lease)])
         if not won:
             return False  # the next round revokes the unused lease
+        return self._become_leader(started, "elected leader as %s")
+
+    def _become_leader(self, started: float, message: str) -> bool:
+        """Lead from a lease confirmed at ``started``; False if resigned meanwhile."""
         with self._lock:
             if self._stop.is_set():
                 return False  # resigned meanwhile: _run's exit revokes the lease
             self._leader = True
             self._deadline = started + self.settings.renew_within
-        log.info("elected leader as %s", self.identity)
+        log.info(message, self.identity)
         self._notify(self._on_elected, "on_elected")
         return True
 
@@ -326,13 +330,9 @@ class Election:
             return False
         with self._lock:
             self._lease = lease
-            if self._stop.is_set():
-                return False  # resigned meanwhile: _run's exit revokes the lease
-            self._leader = True
-            self._deadline = started + self.settings.renew_within
-        log.info("leading again as %s: master and its lease outlived the outage", self.identity)
-        self._notify(self._on_elected, "on_elected")
-        return True
+        return self._become_leader(
+            started, "leading again as %s: master and its lease outlived the outage"
+        )
 
     def _lead(self) -> None:
         """Renew until leadership is lost or we stop."""

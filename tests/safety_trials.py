@@ -393,11 +393,19 @@ def pause_trial(c: Cluster, moment: str, second_commit: bool) -> Outcome:
     return out
 
 
-def freeze_trial(c: Cluster, etcd: EmbeddedEtcd, seconds: float) -> Outcome:
-    out = Outcome("freeze", c.driver)
-    _deploy(c)
+def _mid_rollout(c: Cluster) -> tuple[subprocess.Popen[bytes], str | None, list[UnitSpec]]:
+    """Version 1 running, version 2 committed and its first fleet unit created: the
+    leader, its id and the final specs."""
+    leader = _deploy(c)
+    leader_id = c.store.leader()
     final = c.put(2)
     wait("the rollout to start", lambda: _rollout_started(c), 20)
+    return leader, leader_id, final
+
+
+def freeze_trial(c: Cluster, etcd: EmbeddedEtcd, seconds: float) -> Outcome:
+    out = Outcome("freeze", c.driver)
+    _, _, final = _mid_rollout(c)
     proc = etcd._proc
     assert proc is not None
     proc.send_signal(signal.SIGSTOP)
@@ -410,10 +418,7 @@ def freeze_trial(c: Cluster, etcd: EmbeddedEtcd, seconds: float) -> Outcome:
 
 def kill_trial(c: Cluster) -> Outcome:
     out = Outcome("kill", c.driver)
-    old = _deploy(c)
-    old_id = c.store.leader()
-    final = c.put(2)
-    wait("the rollout to start", lambda: _rollout_started(c), 20)
+    old, old_id, final = _mid_rollout(c)
     time.sleep(random.uniform(0.0, 1.0))
     old.send_signal(signal.SIGKILL)
     wait("the standby to lead", lambda: c.store.leader() not in (None, old_id), LEASE_TTL + 15)
@@ -424,9 +429,7 @@ def kill_trial(c: Cluster) -> Outcome:
 
 def restart_trial(c: Cluster, etcd: EmbeddedEtcd) -> Outcome:
     out = Outcome("restart", c.driver)
-    _deploy(c)
-    final = c.put(2)
-    wait("the rollout to start", lambda: _rollout_started(c), 20)
+    _, _, final = _mid_rollout(c)
     proc = etcd._proc
     assert proc is not None
     proc.kill()
