@@ -184,6 +184,12 @@ def _render_unit(
     return FleetUnit(name, render_options(spec, name, conflicts_for(spec, prefix, hash6, slot)))
 
 
+def kaylee_id(unit_name: str) -> str:
+    """The unit's id in its ``KAYLEE_ID`` environment and rkt uuid file: the name with
+    every character that is not ``[a-zA-Z0-9_.-]`` as ``_``, without ``.service``."""
+    return _NOT_ID_CHAR.sub("_", unit_name).removesuffix(".service")
+
+
 def render_options(
     spec: UnitSpec, unit_name: str, conflicts: Sequence[str]
 ) -> tuple[UnitOption, ...]:
@@ -194,7 +200,7 @@ def render_options(
 def _options(spec: UnitSpec, unit_name: str, conflicts: Sequence[str]) -> list[_Option]:
     """``render_options`` as (section, name, value) triples, cheaper to build than
     ``UnitOption``s: the load-time line check needs only the text (``render_issues``)."""
-    unit_id = _NOT_ID_CHAR.sub("_", unit_name).removesuffix(".service")
+    unit_id = kaylee_id(unit_name)
     uuid_file = f"/var/run/kaylee_{unit_id}"
     options: list[_Option] = []
 
