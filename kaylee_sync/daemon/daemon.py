@@ -85,7 +85,7 @@ class _MeasuredScheduler(Scheduler):
     def run_pass(self) -> list[Decision]:
         decisions = super().run_pass()
         if self.is_leader():  # an abandoned pass has not looked at every unit
-            phases = Counter(d.phase for d in decisions if d.phase != "deleted")
+            phases = Counter(d.phase.value for d in decisions if d.phase != "deleted")
             self.metrics.set_rollouts(phases)
         return decisions
 

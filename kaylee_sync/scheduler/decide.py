@@ -45,6 +45,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kaylee_sync.fleet.model import LAUNCHED, LOADED, FleetUnit, UnitState
+from kaylee_sync.health import Phase
 from kaylee_sync.render import UnitName, conflicts_for, render_options, slot_ids
 from kaylee_sync.spec.codec import spec_hash6
 from kaylee_sync.spec.model import UnitSpec
@@ -123,7 +124,7 @@ class Decision:
 
     unit: str
     actions: tuple[Action, ...]
-    phase: str  # steady | deploying | rolling | scaling | replacing | failed | deleting | waiting
+    phase: Phase
     hash6: str = ""
     desired: int = 0
     running: int = 0
@@ -253,7 +254,7 @@ def _decide(view: UnitView, timers: Timers, now: float, timing: Timing) -> Decis
         # A failed rollout is not retried, and what runs is left running (the instance
         # that timed out was stopped when the rollout failed) until the spec changes.
         return step.decision(
-            "failed",
+            Phase.FAILED,
             f"rollout of {ident} failed; old instances kept (change or restart the unit)",
             failed_hash=ident,
         )
@@ -316,13 +317,13 @@ class _Step:
             late = self.now - started > self.timing.rollout_timeout
             if late and not is_running(self.states(unit)):
                 return self.decision(
-                    "failed",
+                    Phase.FAILED,
                     f"{unit.name} did not run within {self.timing.rollout_timeout:.0f}s "
                     "(no older instances to keep; left launched, fleet keeps trying)",
                 )
         return None
 
-    def decision(self, phase: str, message: str = "", failed_hash: str = "") -> Decision:
+    def decision(self, phase: Phase, message: str = "", failed_hash: str = "") -> Decision:
         return Decision(
             unit=self.view.name,
             actions=tuple(self.actions),
@@ -342,8 +343,8 @@ def _roll(step: _Step, missing: list[int], old: list[FleetUnit]) -> Decision:
         # First deploy or scale: every missing instance at once, nothing to protect.
         step.actions.extend(_create(step, missing))
         if not step.actions and step.running() == want:
-            return step.decision("steady")
-        return step.overdue() or step.decision("scaling" if step.kept else "deploying")
+            return step.decision(Phase.STEADY)
+        return step.overdue() or step.decision(Phase.SCALING if step.kept else Phase.DEPLOYING)
 
     pending = [u for _, u in step.kept.values() if u not in stable]
     for unit in pending if step.judge else ():
@@ -351,7 +352,7 @@ def _roll(step: _Step, missing: list[int], old: list[FleetUnit]) -> Decision:
         if step.now - started > step.timing.rollout_timeout:
             step.actions.append(Stop(unit.name))
             return step.decision(
-                "failed",
+                Phase.FAILED,
                 f"{unit.name} did not run stably within {step.timing.rollout_timeout:.0f}s; "
                 "stopped it and kept the old instances",
                 failed_hash=step.ident,
@@ -370,7 +371,7 @@ def _roll(step: _Step, missing: list[int], old: list[FleetUnit]) -> Decision:
     elif not pending and missing:
         step.actions.extend(_create(step, missing[:1]))
     return step.decision(
-        "rolling",
+        Phase.ROLLING,
         f"{len(stable)}/{want} new instances stable, {len(old_serving)} old still serving",
     )
 
@@ -380,12 +381,12 @@ def _replace_whole(step: _Step, missing: list[int], old: list[FleetUnit]) -> Dec
         for unit in old:
             step.wind_down(unit)
         return step.decision(
-            "replacing", f"stopping {len(old)} old unit(s) before starting the new one"
+            Phase.REPLACING, f"stopping {len(old)} old unit(s) before starting the new one"
         )
     step.actions.extend(_create(step, missing))
     if not step.actions and step.running() == step.spec.instance_count:
-        return step.decision("steady")
-    return step.overdue() or step.decision("deploying")
+        return step.decision(Phase.STEADY)
+    return step.overdue() or step.decision(Phase.DEPLOYING)
 
 
 def _delete_all(view: UnitView, timers: Timers, now: float, timing: Timing) -> Decision:
@@ -395,7 +396,7 @@ def _delete_all(view: UnitView, timers: Timers, now: float, timing: Timing) -> D
     return Decision(
         unit=view.name,
         actions=tuple(actions),
-        phase="deleting" if view.units else "deleted",
+        phase=Phase.DELETING if view.units else Phase.DELETED,
         message=f"destroying {len(view.units)} fleet unit(s) of a deleted unit",
     )
 

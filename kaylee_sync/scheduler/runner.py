@@ -29,12 +29,11 @@ nothing (see decide.py).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kaylee_sync.errors import (
@@ -48,6 +47,7 @@ from kaylee_sync.errors import (
 from kaylee_sync.fleet.model import LAUNCHED, LOADED, FleetUnit, UnitState
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.gcpause import collector_paused
+from kaylee_sync.health import QUIET_PHASES, Phase, RolloutReport, decode_report, encode_report
 from kaylee_sync.render import UnitName, parse_unit_name
 from kaylee_sync.scheduler.decide import (
     Action,
@@ -62,7 +62,7 @@ from kaylee_sync.scheduler.decide import (
     decide,
     is_running,
 )
-from kaylee_sync.scheduler.records import Complaints, decode_generation, decode_report
+from kaylee_sync.scheduler.records import Complaints, decode_generation
 from kaylee_sync.scheduler.repair import Repair
 from kaylee_sync.spec.loader import parse_stored
 from kaylee_sync.spec.model import UnitSpec
@@ -70,7 +70,6 @@ from kaylee_sync.store import Compare, Op, Store, keys
 
 log = logging.getLogger(__name__)
 
-QUIET_PHASES = frozenset({"steady", "failed", "deleted"})
 _UNPARSED: Any = object()  # not parsed yet (None means "not one of ours")
 
 
@@ -227,7 +226,7 @@ class Scheduler:
                 generation=generations.get(name, 0),
                 units=ours.get(name, []),
                 states=states,
-                failed_hash=str(reports.get(name, {}).get("failed_hash", "")),
+                failed_hash=report.failed_hash if (report := reports.get(name)) else "",
                 settling=settling,
             )
             decision = decide(view, self.timers, now, self.settings.timing)
@@ -275,19 +274,23 @@ class Scheduler:
                 out[stored.key.removeprefix(area)] = value
         return out
 
-    def _read_reports(self) -> dict[str, dict[str, Any]]:
+    def _read_reports(self) -> dict[str, RolloutReport]:
         out = {}
         for stored in self.store.get_prefix(keys.ROLLOUTS):
-            report = decode_report(stored.key, stored.value, self._complain)
-            if report is not None:
-                out[stored.key.removeprefix(keys.ROLLOUTS)] = report
+            try:
+                report = decode_report(stored.value, stored.key)
+            except StoreError as exc:
+                # Logged once; the unit's next report replaces the bad record.
+                self._complain(stored.key, str(exc).removeprefix(f"{stored.key}: "))
+                continue
+            out[stored.key.removeprefix(keys.ROLLOUTS)] = report
         return out
 
-    def _seed_created_at(self, reports: dict[str, dict[str, Any]], now: float) -> None:
+    def _seed_created_at(self, reports: dict[str, RolloutReport], now: float) -> None:
         """After a failover, carry over when pending units were created (for the timeout)."""
         wall_now = self.wall_clock()
         for report in reports.values():
-            for name, created_wall in report["created"].items():
+            for name, created_wall in report.created.items():
                 if name in self.timers.created_at:
                     seeded = now - max(0.0, wall_now - created_wall)
                     self.timers.created_at[name] = min(self.timers.created_at[name], seeded)
@@ -341,13 +344,13 @@ class Scheduler:
     def _report(
         self,
         decision: Decision,
-        previous: dict[str, Any] | None,
+        previous: RolloutReport | None,
         error: str,
         unit_names: list[str],
     ) -> bool:
         """Write the unit's rollout report if it changed; False if the fence refused."""
         key = keys.rollout_key(decision.unit)
-        if decision.phase == "deleted":
+        if decision.phase is Phase.DELETED:
             return previous is None or self._write_report(Op.delete(key))
         wall_now = self.wall_clock()
         clock_now = self.clock()
@@ -359,23 +362,22 @@ class Scheduler:
             and marker in name
             and name not in self.timers.running_since
         }
-        report: dict[str, Any] = {
-            "phase": decision.phase,
-            "hash6": decision.hash6,
-            "desired": decision.desired,
-            "running": decision.running,
-            "message": decision.message,
-            "failed_hash": decision.failed_hash,
-            "created": pending,
-            "error": error,
-        }
-        comparable = previous and {k: v for k, v in previous.items() if k != "updated"}
-        if comparable == report:
+        report = RolloutReport(
+            phase=decision.phase,
+            hash6=decision.hash6,
+            desired=decision.desired,
+            running=decision.running,
+            message=decision.message,
+            failed_hash=decision.failed_hash,
+            created=pending,
+            error=error,
+        )
+        if report.same_content(previous):
             return True
-        if report["message"] != (previous or {}).get("message") and report["message"]:
+        if report.message and report.message != (previous.message if previous else ""):
             log.info("%s: %s: %s", decision.unit, decision.phase, decision.message)
-        report["updated"] = wall_now
-        return self._write_report(Op.put(key, json.dumps(report, sort_keys=True)))
+        stamped = replace(report, updated=wall_now)
+        return self._write_report(Op.put(key, encode_report(stamped)))
 
     def _write_report(self, op: Op) -> bool:
         """A leader-only v3 write: lease checked just before, ``master`` compared."""
