@@ -26,7 +26,6 @@ from kaylee_sync.election import lead_once, make_identity
 from kaylee_sync.errors import KayleeError
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.runner import Scheduler
-from kaylee_sync.server import exit_on_signals
 from kaylee_sync.source import GitSource
 from kaylee_sync.store import Store
 from kaylee_sync.sync.syncer import Syncer, SyncSettings
@@ -145,9 +144,7 @@ def run_daemon(params: dict[str, Any]) -> None:
             stack.callback(fleet.close)
         if params["once"]:
             sys.exit(_once(source, store, fleet, settings))
-        daemon = Daemon(source, store, fleet, settings)
-        with exit_on_signals(daemon.should_exit, lambda: daemon.queue.request("stop")):
-            daemon.run()
+        Daemon(source, store, fleet, settings).run()  # SIGTERM/SIGINT: see daemon.lifecycle
 
 
 def _once(
