@@ -103,6 +103,8 @@ class Heartbeat:
         self.leader_only = leader_only
         self.clock = clock
         self.failures = Failures(f"the {name} loop")
+        #: beats so far: a test waits for the loop to have gone round again
+        self.count = 0
         self._last = clock()
         self._due = self._last + stuck_after
         self._dead: str | None = None
@@ -119,6 +121,7 @@ class Heartbeat:
         now = self.clock()
         self._last = now
         self._due = now + idle + self.stuck_after
+        self.count += 1
 
     def attach(self, thread: threading.Thread) -> None:
         """Judge this loop dead when ``thread`` ends before :meth:`stopped`."""

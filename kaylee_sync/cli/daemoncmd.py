@@ -93,7 +93,7 @@ def _secret(params: dict[str, Any]) -> str | None:
     return secret
 
 
-def _settings(params: dict[str, Any]) -> DaemonSettings:
+def _settings(params: dict[str, Any], git_timeout: float) -> DaemonSettings:
     scheduler, election = scheduler_settings_from(params)
     return DaemonSettings(
         interval=params["interval"],
@@ -107,6 +107,8 @@ def _settings(params: dict[str, Any]) -> DaemonSettings:
         scheduler=scheduler,
         election=election,
         schedule=not params["no_scheduler"],
+        # A sync may pay a clone's or a fetch's whole timeout twice before it is stuck.
+        stuck_after=max(DaemonSettings.stuck_after, 2 * git_timeout + 30),
     )
 
 
@@ -135,9 +137,10 @@ def run_daemon(params: dict[str, Any]) -> None:
     with ExitStack() as stack:
         if params["dev"]:
             params = stack.enter_context(_dev(params))
-        settings = _settings(params)
         etcd = etcd_settings_from(params)
-        source = stack.enter_context(GitSource(source_settings_from(params, params["unit_prefix"])))
+        source_settings = source_settings_from(params, params["unit_prefix"])
+        settings = _settings(params, source_settings.timeout)
+        source = stack.enter_context(GitSource(source_settings))
         store = stack.enter_context(Store(etcd))
         fleet = None if params["no_scheduler"] else fleet_client(etcd, params)
         if fleet is not None:

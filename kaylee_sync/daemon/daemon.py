@@ -93,9 +93,7 @@ class Daemon(Service):
         )
 
     def start_work(self) -> None:
-        # A sync may pay a clone's or fetch's whole timeout twice before it is stuck.
-        bound = max(self.settings.stuck_after, 2 * self.source.settings.timeout + 30)
-        self.start_loop("sync", self._work, bound, leader_only=True)
+        self.start_loop("sync", self._work, self.settings.stuck_after, leader_only=True)
         self.triggers.start()
 
     def stop_work(self) -> None:

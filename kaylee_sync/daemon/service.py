@@ -8,7 +8,8 @@ notify protocol with its watchdog, and signal handling — :class:`Service` here
 and its triggers. Neither owns a second election or scheduler.
 
 Startup, in order: the listener (probes answer from the first moment, "not ready"), the
-election, the scheduler loop, the program's own work, the monitor, then READY=1.
+election, the scheduler loop, the program's own work, READY=1, then the monitor (which
+feeds the watchdog).
 Shutdown, when ``should_exit`` is set (SIGTERM/SIGINT, see :mod:`.lifecycle`):
 STOPPING=1, the program's work stops taking requests, the loops are woken and joined
 (a transaction in flight completes — each is atomic — and no new one starts; the joins
@@ -71,8 +72,8 @@ class ServiceSettings:
     stuck_after: float = 300.0
     """Seconds one step of a loop (a scheduler pass, a sync, an election round) may take
     before the loop counts as stuck and /healthz fails. Default 5 min: far beyond any
-    healthy pass, and beyond a sync that pays the git timeout (120 s) twice. The sync
-    loop allows at least twice its git timeout plus 30 s whatever this says."""
+    healthy pass, and beyond a sync that pays the git timeout (120 s) twice;
+    ``kaylee-sync`` raises it to twice its ``--git-timeout`` plus 30 s if that is more."""
     check_interval: float = 1.0
     """Seconds between the monitor's health checks (which feed the watchdog)."""
 
@@ -324,8 +325,8 @@ class Service:
                 leader_only=True,
             )
         self.start_work()
-        self.start_loop("watchdog", self._monitor, self.settings.stuck_after, leader_only=False)
         self.notifier.ready("waiting for leadership")
+        self.start_loop("watchdog", self._monitor, self.settings.stuck_after, leader_only=False)
 
     def _shutdown(self) -> None:
         self.should_exit.set()  # also when _start failed half-way
