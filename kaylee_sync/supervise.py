@@ -105,8 +105,9 @@ class Heartbeat:
         self.failures = Failures(f"the {name} loop")
         #: beats so far: a test waits for the loop to have gone round again
         self.count = 0
-        self._last = clock()
-        self._due = self._last + stuck_after
+        # (time of the last beat, idle time announced with it): one tuple, replaced whole,
+        # so a reader on another thread never pairs a new time with an old idle time
+        self._beat = (clock(), 0.0)
         self._dead: str | None = None
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -118,9 +119,7 @@ class Heartbeat:
         before waiting. ``idle=math.inf`` suspends the check (a loop blocked on events
         that may never come, whose liveness another check covers).
         """
-        now = self.clock()
-        self._last = now
-        self._due = now + idle + self.stuck_after
+        self._beat = (self.clock(), idle)
         self.count += 1
 
     def attach(self, thread: threading.Thread) -> None:
@@ -143,9 +142,11 @@ class Heartbeat:
         if self._thread is not None and not self._thread.is_alive():
             return f"the {self.name} loop is dead (its thread ended)"
         now = self.clock()
-        if now > self._due:
+        last, idle = self._beat
+        # Judged with the bound as it is now (not as it was at the last beat).
+        if now > last + idle + self.stuck_after:
             return (
-                f"the {self.name} loop is stuck: no sign of life for {now - self._last:.0f} s "
+                f"the {self.name} loop is stuck: no sign of life for {now - last:.0f} s "
                 f"(bound {self.stuck_after:g} s)"
             )
         return None

@@ -33,15 +33,12 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from kaylee_sync.daemon.http import HttpServer
 from kaylee_sync.daemon.lifecycle import Lifecycle
-from kaylee_sync.daemon.metrics import PREFIX, Metrics
+from kaylee_sync.daemon.metrics import Metrics
 from kaylee_sync.daemon.notify import Notifier
 from kaylee_sync.daemon.triggers import SyncQueue
 from kaylee_sync.election import Election, ElectionSettings, make_identity
@@ -118,28 +115,6 @@ class MeasuredScheduler(Scheduler):
         return decisions
 
 
-class _LoopCollector(Collector):
-    """``/metrics`` series of the supervised loops: up, and exceptions survived."""
-
-    def __init__(self, loops: Loops) -> None:
-        self.loops = loops
-
-    def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            f"{PREFIX}_loop_up", "1 while the loop is alive and not stuck.", labels=["loop"]
-        )
-        failures = CounterMetricFamily(
-            f"{PREFIX}_loop_failures",
-            "Unexpected exceptions the loop survived (logged with their traceback).",
-            labels=["loop"],
-        )
-        for beat in self.loops.heartbeats():
-            up.add_metric([beat.name], 0 if beat.problem() else 1)
-            failures.add_metric([beat.name], beat.failures.total)
-        yield up
-        yield failures
-
-
 class Service:
     """Election, scheduler, listener, systemd: the process ``kaylee server`` runs."""
 
@@ -162,10 +137,9 @@ class Service:
         #: the "sync now" funnel: the daemon's worker serves it; the server has no reader
         #: (its listener has no webhook, so nothing is ever put in)
         self.queue = SyncQueue()
-        self.metrics = Metrics()
-        self.notifier = Notifier()
         self.loops = Loops()
-        self.metrics.registry.register(_LoopCollector(self.loops))
+        self.metrics = Metrics(loops=self.loops)
+        self.notifier = Notifier()
         self.election = Election(store, self.identity, settings.election, self._elected, self._lost)
         self.election.heartbeat = self.loops.add("election", settings.stuck_after)
         self.scheduler: MeasuredScheduler | None = (
