@@ -57,21 +57,22 @@ class Killed(BaseException):
 
 
 class Fault:
-    """Armed with "raise", "hang" or "kill", it strikes at the next call, once."""
+    """Armed with "raise", "hang" or "kill" (or several: one per call, in order), it
+    strikes at the next call."""
 
     def __init__(self) -> None:
-        self.armed: str | None = None
+        self.armed: list[str] = []
         self.hits = 0
         self.hanging = threading.Event()
         self.release = threading.Event()
 
-    def arm(self, kind: str) -> None:
-        self.armed = kind
+    def arm(self, *kinds: str) -> None:
+        self.armed = list(kinds)
 
     def strike(self) -> None:
-        kind, self.armed = self.armed, None
-        if kind is None:
+        if not self.armed:
             return
+        kind = self.armed.pop(0)
         self.hits += 1
         if kind == "raise":
             raise RuntimeError("injected: a record nobody foresaw")
@@ -225,14 +226,19 @@ def test_the_sync_loop_goes_on_after_an_unexpected_exception(
     fault.wrap(daemon.syncer, "sync_once")
     with running(daemon):
         wait_for(lambda: daemon.last_result is not None and daemon.last_result.ok, 20)
-        fault.arm("raise")
+        fault.arm("raise", "hang")  # the retry waits until the test has seen /readyz
         repo.write("units/web.yaml", unit_yaml("web", "example.com/web:2"))
         repo.commit("web 2")
-        # The failed sync is retried after its backoff, without waiting for a poll.
+        # Not ready once a sync failed unexpectedly...
+        wait_for(fault.hanging.is_set, 20, "the retry")
+        assert "failed unexpectedly (RuntimeError: injected" in probe(daemon, "/readyz").text
+        fault.release.set()
+        # ...and the failed sync is retried after its backoff, without waiting for a poll.
         want = spec("web", "example.com/web:2")
         wait_for(lambda: image(store, "web") == want, 20, "web:2 in etcd")
-        assert fault.hits == 1
+        assert fault.hits == 2
         assert probe(daemon, "/healthz").status_code == 200
+        wait_for(lambda: probe(daemon, "/readyz").status_code == 200, 20, "ready again")
         assert failures(daemon, "sync") == 1
         assert leading(daemon, store)
     assert caplog.text.count("RuntimeError: injected") == 1  # logged once, with traceback

@@ -83,6 +83,8 @@ class Daemon(Service):
         )
         self.last_result: SyncResult | None = None
         self._fetched = False
+        #: the unexpected error the last sync or fetch ended with (None: it did not)
+        self._crashed: str | None = None
 
     # -- the parts of the lifecycle the daemon adds -------------------------------------
 
@@ -113,6 +115,8 @@ class Daemon(Service):
         pass  # the worker sees is_leader() turn false; the status follows the next sync
 
     def ready(self) -> tuple[bool, str]:
+        if self._crashed is not None:
+            return False, f"the last sync failed unexpectedly ({self._crashed}); retrying"
         if self.is_leader():
             result = self.last_result
             if result is None:
@@ -137,11 +141,13 @@ class Daemon(Service):
                     self._warm(reason)
             except Exception as exc:
                 self.metrics.error("other")
+                self._crashed = f"{type(exc).__name__}: {exc}"
                 delay = beat.failures.failed(exc)
                 beat.beat(idle=delay)
                 if not self.should_exit.wait(delay):
                     self.queue.request(RECOVER)
             else:
+                self._crashed = None
                 beat.failures.succeeded()
 
     def _sync(self, reason: str) -> None:
