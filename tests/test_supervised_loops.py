@@ -50,6 +50,11 @@ from tests.polling import wait_for
 ELECTION = ElectionSettings(lease_ttl=2, safety_margin=1.0)
 FAST = SchedulerSettings(stable=0.2, active_interval=0.1, resync=1.0)
 PROGRAMS = ("kaylee-sync", "kaylee server")
+#: the leader-only loops of each program (kaylee server has no sync loop)
+LEADER_LOOPS = pytest.mark.parametrize(
+    ("program", "loop"),
+    [("kaylee-sync", "sync"), ("kaylee-sync", "scheduler"), ("kaylee server", "scheduler")],
+)
 
 
 class Killed(BaseException):
@@ -307,8 +312,7 @@ def test_the_ref_watch_loop_goes_on_after_an_unexpected_exception(
 # -- a hang: /healthz turns red and the leader resigns ------------------------------------
 
 
-@pytest.mark.parametrize("loop", ["sync", "scheduler"])
-@pytest.mark.parametrize("program", PROGRAMS)
+@LEADER_LOOPS
 def test_a_hung_loop_turns_healthz_red_and_the_leader_resigns(
     program: str,
     loop: str,
@@ -317,8 +321,6 @@ def test_a_hung_loop_turns_healthz_red_and_the_leader_resigns(
     sim: SimulatedCluster,
     fleet: RegistryDriver,
 ) -> None:
-    if program == "kaylee server" and loop == "sync":
-        pytest.skip("kaylee server has no sync loop")
     service = make(program, store, fleet, source)
     fault = inject(service, fleet, loop)
     with running(service):
@@ -367,8 +369,7 @@ def drain(sock: socket.socket) -> list[bytes]:
             return got
 
 
-@pytest.mark.parametrize("loop", ["sync", "scheduler"])
-@pytest.mark.parametrize("program", PROGRAMS)
+@LEADER_LOOPS
 def test_a_dead_loop_turns_healthz_red_stops_the_watchdog_and_resigns(
     program: str,
     loop: str,
@@ -378,8 +379,6 @@ def test_a_dead_loop_turns_healthz_red_stops_the_watchdog_and_resigns(
     fleet: RegistryDriver,
     systemd: tuple[dict[str, str], socket.socket],
 ) -> None:
-    if program == "kaylee server" and loop == "sync":
-        pytest.skip("kaylee server has no sync loop")
     env, sock = systemd
     service = make(program, store, fleet, source)
     service.notifier = Notifier(env)
