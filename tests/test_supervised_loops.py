@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,6 +132,15 @@ def fleet(etcd_endpoint: str, prefix: str) -> Iterator[RegistryDriver]:
     driver.client.close()
 
 
+def stacks() -> str:
+    """Where every thread is, for a process that does not stop."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(
+        f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+        for ident, frame in sys._current_frames().items()
+    )
+
+
 @contextmanager
 def running(service: Service) -> Iterator[Service]:
     thread = threading.Thread(target=service.run, name="test-service", daemon=True)
@@ -139,7 +150,7 @@ def running(service: Service) -> Iterator[Service]:
     finally:
         service.lifecycle.exit()
         thread.join(30)
-        assert not thread.is_alive(), "the process did not stop"
+        assert not thread.is_alive(), f"the process did not stop:\n{stacks()}"
 
 
 def make(
