@@ -197,10 +197,11 @@ def test_kaylee_sync_notifies_readiness_and_has_a_watchdog() -> None:
     assert svc["ExecStart"] == ["/usr/local/bin/kaylee-sync --cache-dir ${CACHE_DIRECTORY}"]
 
 
-def test_kaylee_server_is_a_simple_service_running_kaylee_server() -> None:
+def test_kaylee_server_notifies_readiness_and_has_a_watchdog_like_kaylee_sync() -> None:
     unit = load("kaylee-server.service")
-    assert unit["Service"]["Type"] == ["simple"]
-    assert "WatchdogSec" not in unit["Service"]  # it sends no WATCHDOG=1
+    assert unit["Service"]["Type"] == ["notify"]
+    assert unit["Service"]["NotifyAccess"] == ["main"]
+    assert unit["Service"]["WatchdogSec"] == service("kaylee-sync.service")["WatchdogSec"]
     assert unit["Service"]["ExecStart"] == ["/usr/local/bin/kaylee server"]
     assert unit["Unit"]["Conflicts"] == ["kaylee-sync.service"]
 

@@ -27,7 +27,6 @@ from kaylee_sync.election import lead_once, make_identity
 from kaylee_sync.errors import KayleeError
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.runner import Scheduler
-from kaylee_sync.server import exit_on_signals
 from kaylee_sync.source import GitSource
 from kaylee_sync.store import Store
 from kaylee_sync.sync.syncer import Syncer, SyncSettings
@@ -86,7 +85,7 @@ def _secret(params: dict[str, Any]) -> str | None:
     return secret
 
 
-def _settings(params: dict[str, Any]) -> DaemonSettings:
+def _settings(params: dict[str, Any], git_timeout: float) -> DaemonSettings:
     scheduler, election = scheduler_settings_from(params)
     return DaemonSettings(
         interval=params["interval"],
@@ -96,6 +95,8 @@ def _settings(params: dict[str, Any]) -> DaemonSettings:
         scheduler=scheduler,
         election=election,
         schedule=not params["no_scheduler"],
+        # A sync may pay a clone's or a fetch's whole timeout twice before it is stuck.
+        stuck_after=max(DaemonSettings.stuck_after, 2 * git_timeout + 30),
     )
 
 
@@ -124,18 +125,17 @@ def run_daemon(params: dict[str, Any]) -> None:
     with ExitStack() as stack:
         if params["dev"]:
             params = stack.enter_context(_dev(params))
-        settings = _settings(params)
         etcd = etcd_settings_from(params)
-        source = stack.enter_context(GitSource(source_settings_from(params, params["unit_prefix"])))
+        source_settings = source_settings_from(params, params["unit_prefix"])
+        settings = _settings(params, source_settings.timeout)
+        source = stack.enter_context(GitSource(source_settings))
         store = stack.enter_context(Store(etcd))
         fleet = None if params["no_scheduler"] else fleet_client(etcd, params)
         if fleet is not None:
             stack.callback(fleet.close)
         if params["once"]:
             sys.exit(_once(source, store, fleet, settings))
-        daemon = Daemon(source, store, fleet, settings)
-        with exit_on_signals(daemon.should_exit, lambda: daemon.queue.request("stop")):
-            daemon.run()
+        Daemon(source, store, fleet, settings).run()  # SIGTERM/SIGINT: see daemon.lifecycle
 
 
 def _once(
