@@ -178,6 +178,12 @@ class Daemon:
             if self._health()[0]:
                 self.notifier.watchdog()
 
+    def _cancel_git_on_exit(self) -> None:
+        """SIGTERM only sets should_exit; a fetch hung in the main loop is killed here, so
+        that the daemon stops within seconds (the unit's TimeoutStopSec is 30 s)."""
+        self.should_exit.wait()
+        self.source.cancel()
+
     def _ready(self) -> tuple[bool, str]:
         if self.is_leader():
             result = self.last_result
@@ -208,6 +214,7 @@ class Daemon:
             )
             sched_thread.start()
         self.triggers.start()
+        threading.Thread(target=self._cancel_git_on_exit, name="git-cancel", daemon=True).start()
         interval = self.notifier.watchdog_interval
         if interval is not None:
             threading.Thread(
