@@ -11,9 +11,13 @@ this machine, and so does common sense.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
+import json
 import selectors
+import signal
 import socket
+import sys
 import threading
 import time
 
@@ -110,3 +114,30 @@ class Slowloris:
         if self._socks.pop(sock, 0) is None:
             self._selector.unregister(sock)
             sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.slowloris --port P [--clients N] [--seconds S]``: run in a process
+    of its own (so that its work does not slow the measuring process), print ``ready``
+    once the clients are connected, and a JSON line of counts when it stops (after
+    ``--seconds``, at SIGTERM, or when its standard input closes)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.slowloris", description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="a loopback address")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--clients", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=120.0, help="stop after (bounded)")
+    args = parser.parse_args(argv)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    with Slowloris((args.host, args.port), args.clients) as slow:
+        print("ready", flush=True)
+        done.wait(args.seconds)
+        counts = {"held": slow.held, "connects": slow.connects, "dropped": slow.dropped,
+                  "failed": slow.failed}  # fmt: skip
+    print(json.dumps(counts), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

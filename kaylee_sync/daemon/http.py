@@ -27,7 +27,15 @@ from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
 
-from kaylee_sync.daemon.listener import Limits, Listener, ReadBody, Request, Response, bind
+from kaylee_sync.daemon.listener import (
+    Limits,
+    Listener,
+    ReadBody,
+    Request,
+    Response,
+    bind,
+    default_max_connections,
+)
 from kaylee_sync.daemon.metrics import Metrics
 from kaylee_sync.daemon.triggers import SyncQueue
 from kaylee_sync.daemon.webhook import verify
@@ -69,7 +77,7 @@ class HttpServer:
         webhook_secret: str | None,
         max_body: int = 1 << 20,
         timeout: float = 10.0,
-        max_connections: int = Limits.max_connections,
+        max_connections: int | None = None,
         backlog: int = Limits.backlog,
     ) -> None:
         self.queue = queue
@@ -80,7 +88,11 @@ class HttpServer:
         self.max_body = max_body
         #: seconds a connection may take in all, from accept to the end of the answer
         self.timeout = timeout
-        limits = Limits(deadline=timeout, max_connections=max_connections, backlog=backlog)
+        limits = Limits(
+            deadline=timeout,
+            max_connections=max_connections or default_max_connections(),
+            backlog=backlog,
+        )
         host, port = parse_listen(listen)
         try:
             sock = bind(host, port, limits.backlog)

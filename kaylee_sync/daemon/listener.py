@@ -33,7 +33,9 @@ so that nothing is read before the handler has checked the headers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import socket
 import threading
 import time
@@ -55,6 +57,21 @@ LINGER_SECONDS = 0.5
 LINGER_BYTES = 256 * 1024
 #: at most one WARNING about dropped connections per this many seconds
 REPORT_EVERY = 60.0
+#: seconds to wait before accepting again when accept() fails (out of descriptors)
+ACCEPT_RETRY = 0.5
+#: the default bound on open connections, when the open-file limit allows it: enough to
+#: hold thousands of slow clients without churn (each costs a descriptor and ~10 KiB)
+MAX_CONNECTIONS = 4096
+
+
+def default_max_connections() -> int:
+    """Half the open-file limit (the other half is for etcd, git and the rest), capped at
+    :data:`MAX_CONNECTIONS`: 512 under systemd's default soft limit of 1024, 4096 under
+    the shipped units' ``LimitNOFILE=65536``."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(16, min(MAX_CONNECTIONS, soft // 2))
 
 
 @dataclass(frozen=True)
@@ -62,11 +79,15 @@ class Limits:
     deadline: float = 10.0
     """Seconds a connection may live, from accept to the last byte of the answer. A
     webhook from a Git host arrives in well under a second."""
-    max_connections: int = 512
+    max_connections: int = field(default_factory=default_max_connections)
     """Connections open at once. A handful is normal; the bound keeps a flood of idle
-    connections from taking the file descriptors that etcd and git need."""
-    backlog: int = 1024
-    """listen(2) backlog: connections the kernel completes before we accept them."""
+    connections from taking the file descriptors that etcd and git need. Default: half
+    the process's open-file limit, at most :data:`MAX_CONNECTIONS`."""
+    backlog: int = 4096
+    """listen(2) backlog: connections the kernel completes before we accept them (it caps
+    this at net.core.somaxconn, 4096 by default). Deep, so that a burst of connections —
+    a thousand slow clients reconnecting at once — does not make the kernel drop the SYN
+    of a webhook, which would then wait for its retransmission (1 s, 3 s, 7 s…)."""
     max_head: int = 16 * 1024
     """Bytes of request line and headers (a GitHub webhook sends about 1 KiB)."""
 
@@ -125,9 +146,10 @@ class Listener:
         self._loop.set_exception_handler(self._loop_error)
         self._stopping = asyncio.Event()
         self._thread: threading.Thread | None = None
-        # every open connection, and (in age order) those still waiting for their request
-        self._open: dict[asyncio.StreamWriter, None] = {}
-        self._waiting: dict[asyncio.StreamWriter, None] = {}
+        # every accepted connection (its writer once its task has one), and, in age
+        # order, those still waiting for their request: the ones a newcomer may push out
+        self._open: dict[socket.socket, asyncio.StreamWriter | None] = {}
+        self._waiting: dict[socket.socket, None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._drops = _Report("HTTP listener dropped connections")
         self._trouble = _Report("HTTP listener")
@@ -165,35 +187,59 @@ class Listener:
             self.sock.close()
 
     async def _serve(self) -> None:
-        server = await asyncio.start_server(self._connected, sock=self.sock)
+        accepting = asyncio.create_task(self._accept())
         try:
             await self._stopping.wait()
         finally:
-            server.close()
-            for writer in list(self._waiting):
-                writer.transport.abort()
+            accepting.cancel()
+            self.sock.close()
+            for conn in list(self._waiting):
+                self._drop(conn)
             if self._tasks:
                 await asyncio.wait(set(self._tasks), timeout=self.limits.deadline)
-            for writer in list(self._open):
-                writer.transport.abort()
+            for conn in list(self._open):
+                self._drop(conn)
             await asyncio.sleep(0)  # let the transports close before the loop does
 
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) else "?"
-        if len(self._open) >= self.limits.max_connections and not self._evict():
-            self._drops.note("refused at the connection bound")
-            writer.write(_serialise(BUSY, head_only=False))  # fits in the socket buffer
-            writer.close()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._open[writer] = None
-        self._waiting[writer] = None
+    async def _accept(self) -> None:
+        """Accept, and enforce the bound before a connection costs more than its socket.
+
+        Our own accept loop rather than ``asyncio.start_server``: that one calls listen()
+        again with its own backlog and accepts that many connections per turn before any
+        bound could be checked, so descriptors overshoot the bound by hundreds in a flood.
+        """
+        loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        turn = 0
+        while True:
+            try:
+                conn, address = await loop.sock_accept(self.sock)
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: the system is short; wait
+                self._trouble.note(f"accept() failed: {exc.strerror or exc}")
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
+            if len(self._open) >= self.limits.max_connections and not self._evict():
+                self._drops.note("refused at the connection bound")
+                _refuse(conn)
+            else:
+                self._open[conn] = None
+                self._waiting[conn] = None
+                task = asyncio.create_task(self._connection(conn, str(address[0])))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            turn += 1
+            if turn % 64 == 0:
+                await asyncio.sleep(0)  # in a flood, let the connections run too
+
+    async def _connection(self, conn: socket.socket, client: str) -> None:
+        writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.limits.deadline):
-                await self._exchange(reader, writer, client)
+                reader, writer = await asyncio.open_connection(sock=conn)
+                if conn not in self._open:
+                    return  # pushed out (or stopped) before it began
+                self._open[conn] = writer
+                await self._exchange(reader, writer, conn, client)
         except TimeoutError:
             self._drops.note(f"past the {self.limits.deadline:g} s deadline")
             log.debug("%s: dropped after %g s", client, self.limits.deadline)
@@ -202,29 +248,39 @@ class Listener:
         except Exception:  # a bug of ours: one traceback, and the loop goes on
             log.exception("HTTP connection from %s failed", client)
         finally:
-            self._tasks.discard(task)
-            self._open.pop(writer, None)
-            self._waiting.pop(writer, None)
-            writer.transport.abort()
+            self._open.pop(conn, None)
+            self._waiting.pop(conn, None)
+            if writer is not None:
+                writer.transport.abort()
+            else:
+                conn.close()
 
     def _evict(self) -> bool:
         """Drop the connection that has waited longest for its request; False if none."""
         oldest = next(iter(self._waiting), None)
         if oldest is None:
             return False
-        del self._waiting[oldest]
-        self._open.pop(oldest, None)
-        oldest.transport.abort()
+        self._drop(oldest)
         self._drops.note("dropped for a newer one at the bound")
         return True
 
+    def _drop(self, conn: socket.socket) -> None:
+        writer = self._open.pop(conn, None)
+        self._waiting.pop(conn, None)
+        if writer is not None:
+            writer.transport.abort()  # its task sees the end of the stream and returns
+
     async def _exchange(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: socket.socket,
+        client: str,
     ) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head)
+        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head)
         request: Request | None = None
         try:
-            event = await _next_event(conn, reader)
+            event = await _next_event(parser, reader)
         except h11.RemoteProtocolError as exc:  # malformed, or a head over max_head
             status = HTTPStatus(exc.error_status_hint)
             answer: Response | ReadBody = Response(status, f"{status.phrase.lower()}\n")
@@ -239,16 +295,16 @@ class Listener:
             )
             answer = self._answer(request)
             if isinstance(answer, ReadBody):
-                body = await _read_body(conn, reader, answer.length)
+                body = await _read_body(parser, reader, answer.length)
                 answer = SHORT_BODY if body is None else answer.then(body)
         assert isinstance(answer, Response)
-        self._waiting.pop(writer, None)  # answering now: never evicted
+        self._waiting.pop(conn, None)  # answering now: never evicted
+        if request is not None:  # logged before the answer leaves: a test reads it after
+            path = request.target.split("?", 1)[0]  # never the query: it may carry a token
+            log.debug("%s %s %s -> %d", client, request.method, path, answer.status)
         head_only = request is not None and request.method == "HEAD"
         writer.write(_serialise(answer, head_only=head_only))
         await writer.drain()
-        if request is not None:
-            path = request.target.split("?", 1)[0]  # never the query: it may carry a token
-            log.debug("%s %s %s -> %d", client, request.method, path, answer.status)
         if answer.linger:
             await _linger(reader, writer)
 
@@ -311,6 +367,14 @@ def _headers(raw: Any) -> HTTPMessage:
     for name, value in raw:
         headers[name.decode("ascii")] = value.decode("latin-1")
     return headers
+
+
+def _refuse(conn: socket.socket) -> None:
+    """A canned 503 if the socket takes it at once, and closed: no more than that."""
+    conn.setblocking(False)
+    with contextlib.suppress(OSError):  # gone, or not reading: refused all the same
+        conn.send(_serialise(BUSY, head_only=False))
+    conn.close()
 
 
 def _serialise(response: Response, *, head_only: bool) -> bytes:
