@@ -27,10 +27,8 @@ import hashlib
 import hmac
 import json
 import os
-import queue
 import re
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,9 +40,17 @@ from pathlib import Path
 
 import httpx
 
-from bench.commit_latency import unit_events
+from bench.commit_latency import arrival, unit_events
 from bench.common import Measurement, bench_main, private_etcd, progress
-from bench.fixtures import UNIT_DIR, UnitRepo, console_script, percentile, store_at, unit_name
+from bench.fixtures import (
+    UNIT_DIR,
+    UnitRepo,
+    console_script,
+    percentile,
+    store_at,
+    terminate,
+    unit_name,
+)
 from bench.fixtures import wait_for as wait_until
 from kaylee_sync.store import Store, keys
 
@@ -125,12 +131,7 @@ def daemon(repo: Path, endpoint: str, tmp: Path, nofile: int) -> Iterator[tuple[
         if proc.poll() is not None:
             raise SystemExit(f"the daemon exited with {proc.returncode}; see {log}")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
     if "Traceback" in log.read_text():
         raise SystemExit(f"the daemon logged a traceback; see {log}")
 
@@ -175,14 +176,7 @@ def push(
             if answer.status_code != 202:
                 raise SystemExit(f"{label}: the webhook was answered {answer.status_code}")
             key, image = keys.UNITS + unit_name(i), repo.image(i).encode()
-            while True:
-                try:
-                    arrived, got, value = events.get(timeout=TIMEOUT)
-                except queue.Empty:
-                    message = f"{label}: push {n + 1} not in etcd within {TIMEOUT:.0f} s"
-                    raise SystemExit(message) from None
-                if got == key and image in value:
-                    break
+            arrived = arrival(events, key, image, f"{label}: push {n + 1}")
             latencies.append(arrived - pushed)
             progress(f"{label} {n + 1}/{pushes}: {latencies[-1] * 1000:.0f} ms")
             time.sleep(0.2)  # pushes a moment apart, as people make them
