@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
 from http.client import HTTPMessage
-from typing import Any
+from typing import Any, TypeVar
 
 import h11
 
@@ -119,6 +119,8 @@ class ReadBody:
 
 
 Handler = Callable[[Request], Response | ReadBody]
+T = TypeVar("T")
+R = TypeVar("R")
 
 BUSY = Response(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
 SHORT_BODY = Response(HTTPStatus.BAD_REQUEST, "body shorter than Content-Length\n")
@@ -218,6 +220,10 @@ class Listener:
                 self._trouble.note(f"accept() failed: {exc.strerror or exc}")
                 await asyncio.sleep(ACCEPT_RETRY)
                 continue
+            except Exception:  # a bug of ours must not end the accepting: log, go on
+                log.exception("the HTTP listener's accept() failed")
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
             if len(self._open) >= self.limits.max_connections and not self._evict():
                 self._drops.note("refused at the connection bound")
                 _refuse(conn)
@@ -293,10 +299,10 @@ class Listener:
                 headers=_headers(event.headers),
                 client=client,
             )
-            answer = self._answer(request)
+            answer = self._answer(client, self.handler, request)
             if isinstance(answer, ReadBody):
                 body = await _read_body(parser, reader, answer.length)
-                answer = SHORT_BODY if body is None else answer.then(body)
+                answer = SHORT_BODY if body is None else self._answer(client, answer.then, body)
         assert isinstance(answer, Response)
         self._waiting.pop(conn, None)  # answering now: never evicted
         if request is not None:  # logged before the answer leaves: a test reads it after
@@ -308,11 +314,11 @@ class Listener:
         if answer.linger:
             await _linger(reader, writer)
 
-    def _answer(self, request: Request) -> Response | ReadBody:
+    def _answer(self, client: str, handler: Callable[[T], R], argument: T) -> R | Response:
         try:
-            return self.handler(request)
+            return handler(argument)
         except Exception:  # a bug in a handler: one traceback, a 500, and we go on
-            log.exception("HTTP request from %s failed", request.client)
+            log.exception("HTTP request from %s failed", client)
             return Response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (see the log)\n")
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
