@@ -18,6 +18,7 @@ from bench import (
     repo_sync,
     rolling_update,
     scheduler_idle,
+    slow_clients,
 )
 from bench.common import Measurement, parser, progress, report
 
@@ -34,6 +35,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "fleet_submit": (fleet_submit.configure, fleet_submit.run),
     "rolling_update": (rolling_update.configure, rolling_update.run),
     "daemon_rss": (daemon_rss.configure, daemon_rss.run),
+    "slow_clients": (slow_clients.configure, slow_clients.run),
 }
 
 

@@ -105,7 +105,10 @@ class Daemon(Service):
     def wake(self) -> None:
         super().wake()
         self.queue.close()  # the worker's wait returns at once; later requests are dropped
-        # (a hung git child is interrupted here too, so that SIGTERM does not wait for it)
+        if self.should_exit.is_set():
+            # A fetch hung in the worker is killed (its process group), so that SIGTERM
+            # does not wait for git's timeout (the unit's TimeoutStopSec is 30 s).
+            self.source.cancel()
 
     def elected(self) -> None:
         self.last_result = None  # ready again only after this term's first sync
