@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from kaylee_sync.bounds import check_duration
 from kaylee_sync.errors import UsageError
 from kaylee_sync.secrets import register_secret
 
@@ -81,6 +82,10 @@ class EtcdSettings:
                 )
         if not self.timeout > 0:
             raise UsageError(f"--etcd-timeout must be positive, not {self.timeout}")
+        try:
+            check_duration(self.timeout)
+        except ValueError as exc:
+            raise UsageError(f"--etcd-timeout {exc}") from None
 
     @classmethod
     def from_endpoints_string(
@@ -124,7 +129,12 @@ class EtcdSettings:
 
 def _check_endpoint(url: str) -> str:
     """Validate one endpoint URL; return it without a trailing "/"."""
-    parts = urlsplit(url.strip())
+    if not url.isprintable() or not url.isascii():
+        raise UsageError(f"etcd endpoint {url!r} has a control or non-ASCII character")
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed [
+        raise UsageError(f"etcd endpoint {url!r} is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https"):
         raise UsageError(
             f"etcd endpoint {url!r} must start with http:// or https:// "
@@ -148,6 +158,10 @@ def _check_endpoint(url: str) -> str:
 
 
 def _normalise_prefix(prefix: str) -> str:
+    if not prefix.isprintable() or len(prefix.encode("utf-8", "surrogateescape")) > 1024:
+        # A key is bytes in etcd, printed in every error: no control characters, no
+        # undecodable bytes from a mangled environment, and short enough to read.
+        raise UsageError(f"--etcd-prefix {prefix[:80]!r} must be printable and at most 1 KiB")
     normal = "/" + prefix.strip().strip("/")
     if normal == "/":
         # An empty prefix would mix kaylee's keys with everything else in the cluster

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kaylee_sync.cli.values import Seconds
 from kaylee_sync.errors import KayleeError
 from kaylee_sync.settings import EtcdSettings
 
@@ -100,7 +101,7 @@ def etcd_options(func: F) -> F:
         click.option(
             "--etcd-timeout",
             envvar="KAYLEE_ETCD_TIMEOUT",
-            type=click.FloatRange(min=0.1),
+            type=Seconds(min=0.1, max=3600),
             default=5.0,
             show_default=True,
             help="Seconds to wait for etcd before giving up.",

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kaylee_sync.cli.values import Seconds
 from kaylee_sync.election import ElectionSettings
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.runner import SchedulerSettings
@@ -62,28 +63,28 @@ def scheduler_options(func: F) -> F:
     options = [
         click.option(
             "--lease-ttl",
-            type=click.IntRange(min=2),
+            type=click.IntRange(min=2, max=3600),
             default=10,
             show_default=True,
             help="Seconds the leader's etcd lease lives; a standby takes over within this.",
         ),
         click.option(
             "--stable",
-            type=click.FloatRange(min=0),
+            type=Seconds(min=0),
             default=10.0,
             show_default=True,
             help="Seconds a new replica must run before an old one is retired.",
         ),
         click.option(
             "--rollout-timeout",
-            type=click.FloatRange(min=1),
+            type=Seconds(min=1),
             default=300.0,
             show_default=True,
             help="Seconds a new replica may take to run stably before the rollout fails.",
         ),
         click.option(
             "--resync",
-            type=click.FloatRange(min=1),
+            type=Seconds(min=1, max=86400),
             default=60.0,
             show_default=True,
             help="Seconds between full reconciliations when nothing changes.",
