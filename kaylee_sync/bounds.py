@@ -14,6 +14,7 @@ caller knows the key or flag and wraps the reason into its own StoreError or Usa
 
 from __future__ import annotations
 
+import json
 import math
 
 # The last second datetime can represent (9999-12-31 23:59:59 UTC): every time kaylee
@@ -51,6 +52,20 @@ def check_duration(value: object, *, minimum: float = 0.0, maximum: float = MAX_
     if not minimum <= number <= maximum:
         raise ValueError(f"must be between {minimum:g} and {maximum:g} seconds, not {number:g}")
     return number
+
+
+def load_json(value: bytes) -> object:
+    """A stored value as JSON; ValueError for bytes that are not UTF-8 JSON.
+
+    Deep nesting (``[[[[…``) makes the json module raise RecursionError, which no
+    decoder expects; it is turned into the same ValueError as any other bad JSON.
+    """
+    try:
+        return json.loads(value.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError("not UTF-8 JSON") from None
 
 
 def _shown(value: object) -> str:

@@ -160,6 +160,8 @@ def apply(file: Path, **params: Any) -> None:
       kaylee-sync apply plan.json --repo .
     """
     try:
+        if not file.is_file():  # /dev/zero or a FIFO would be read forever
+            raise UsageError(f"{file}: not a regular file (a plan saved by 'plan --out')")
         document = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{file}: cannot read the plan: {exc}") from exc

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kaylee_sync.bounds import check_duration, check_time
+from kaylee_sync.bounds import check_duration, check_time, load_json
 from kaylee_sync.secrets import redact
 from kaylee_sync.store import Compare, Op, Store, keys
 
@@ -100,7 +100,7 @@ def _record_doc(r: AttemptRecord) -> dict[str, Any]:
 
 def decode_status(value: bytes) -> SyncStatus:
     """The status in ``value``; ValueError if it is not one."""
-    doc = json.loads(value.decode("utf-8"))
+    doc = load_json(value)
     if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION:
         raise ValueError("not a version 1 status object")
     last = doc.get("last_success")

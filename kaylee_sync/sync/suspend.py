@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 
-from kaylee_sync.bounds import check_time
+from kaylee_sync.bounds import check_time, load_json
 from kaylee_sync.errors import ConflictError, StoreError, UsageError
 from kaylee_sync.plan.model import Suspension
 from kaylee_sync.store import Compare, Op, Store, keys
@@ -48,10 +48,7 @@ def decode_suspension(value: bytes, key: str, mod_revision: int = 0) -> Suspensi
 
 
 def _fields(value: bytes) -> tuple[str, str, float, float | None]:
-    try:
-        doc = json.loads(value.decode("utf-8"))
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ValueError("not UTF-8 JSON") from None
+    doc = load_json(value)
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
     who, reason, since, until = (doc.get(f) for f in ("who", "reason", "since", "until"))
