@@ -35,8 +35,9 @@ from tests.gitrepo import GitRepo, unit_yaml
 INTERNAL_ERROR = 70
 PROGRAMS: dict[str, click.Group] = {"kaylee-sync": sync_cli, "kaylee": kaylee_cli}
 # Keys that report rather than hold state: a refused sync still records its attempt, and
-# commands that lead for a moment (apply, --once) hold the master lease while they run.
-REPORT_KEYS = ("master", "sync/status")
+# commands that lead for a moment (apply, --once) hold the master lease while they run,
+# and the scheduler pass of --once records the progress of the rollouts it looked at.
+REPORT_KEYS = ("master", "sync/status", "scheduler/rollouts/")
 # No case may take this long: a read of /dev/zero or a wait on a huge timeout would.
 CASE_SECONDS = 60
 
@@ -51,7 +52,7 @@ HOSTILE: dict[str, list[str]] = {
         "http://user:pw@127.0.0.1:1", "http://127.0.0.1:2379/path?q#f", "http://h:-1",
         "127.0.0.1:2379", ",,,", "http://[::1]:0", "http://127.0.0.1:1" + "/x" * 2000,
     ],
-    "path": ["/dev/zero", "/dev/null", "/nonexistent/dir/x", "/", ".", "/proc/self/status"],
+    "path": ["/dev/zero", "/dev/null", "/nonexistent/dir/x", "/etc", ".", "/proc/self/status"],
     "text": [
         "", " ", "-", "--", "\x1b[31mred\x07", "a\nb", "tab\there", "x" * 20_000,
         "\udcff\udcfe", "é✓", "../../etc/passwd", "units/../..", "*", "a" * 300,
@@ -67,8 +68,9 @@ KINDS: dict[str, tuple[str, ...]] = {
     "NewFile": ("path",),
     "Directory": ("path",),
     "Choice": (),
-    "StringParamType": ("number", "duration", "url", "path"),
 }
+# A free-text option gets the text values, plus the kind its name says it holds.
+KIND_BY_NAME = {"endpoint": "url", "repo": "url", "listen": "url", "file": "path", "path": "path"}
 
 
 @dataclass
@@ -120,8 +122,11 @@ def envvars(program: str, path: list[str], param: click.Parameter) -> list[str]:
 
 
 def kinds_of(param: click.Parameter) -> list[str]:
-    name = type(param.type).__name__
-    return ["text", *KINDS.get(name, ("number", "url", "path"))]
+    type_name = type(param.type).__name__
+    if type_name in KINDS:
+        return ["text", *KINDS[type_name]]
+    named = {kind for word, kind in KIND_BY_NAME.items() if word in (param.name or "")}
+    return ["text", *sorted(named)]
 
 
 class Hung(BaseException):
@@ -225,7 +230,8 @@ def case_count(*, env: bool) -> int:
 
 def snapshot(world: World) -> tuple[object, ...]:
     """Everything a refused command must leave alone: its etcd keys and the work dir."""
-    stored = tuple((s.key, s.value) for s in world.store.get_prefix("") if s.key not in REPORT_KEYS)
+    everything = world.store.get_prefix("")
+    stored = tuple((s.key, s.value) for s in everything if not s.key.startswith(REPORT_KEYS))
     files = tuple(sorted(str(p.relative_to(world.workdir)) for p in world.workdir.rglob("*")))
     return stored, files
 
@@ -233,7 +239,17 @@ def snapshot(world: World) -> tuple[object, ...]:
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-def judge(cmd: Command, result: Result, changed: bool) -> str:
+def changes(before: tuple[object, ...], after: tuple[object, ...]) -> str:
+    """What differs between two snapshots, in a few words ("" when nothing does)."""
+    if before == after:
+        return ""
+    keys_then, keys_now = (dict(s[0]) for s in (before, after))  # type: ignore[call-overload]
+    touched = sorted(k for k in {*keys_then, *keys_now} if keys_then.get(k) != keys_now.get(k))
+    files = sorted(set(after[1]) ^ set(before[1]))  # type: ignore[call-overload]
+    return f"wrote {', '.join([*touched, *files])[:200]} although it failed"
+
+
+def judge(cmd: Command, result: Result, changed: str) -> str:
     """ "" when ``result`` keeps the promises, else what went wrong (one line)."""
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         return f"raised {type(result.exception).__name__}: {result.exception}"[:300]
@@ -246,15 +262,13 @@ def judge(cmd: Command, result: Result, changed: bool) -> str:
     if cmd.label in REPORTERS and not result.stderr.lower().startswith("error"):
         if not result.output.strip():
             return "failed without a word"
-        return "wrote something although it failed" if changed else ""
+        return changed
     errors = [line for line in result.stderr.splitlines() if line.lower().startswith("error")]
     if len(errors) != 1:
         return f"{len(errors)} error lines in {result.stderr[:300]!r}"
     if _CONTROL.search(result.stderr):
         return f"a raw control character in {result.stderr[:300]!r}"
-    if changed:
-        return "wrote something although it failed"
-    return ""
+    return changed
 
 
 def _alarm(signum: int, frame: FrameType | None) -> None:
@@ -287,7 +301,7 @@ def run_cases(
                 continue
             finally:
                 signal.alarm(0)
-            verdict = judge(cmd, result, snapshot(world) != before)
+            verdict = judge(cmd, result, changes(before, snapshot(world)))
             if verdict:
                 failures.append(f"{_case(cmd, name, variable, value)}: {verdict}")
     finally:
@@ -346,3 +360,44 @@ def test_a_hostile_environment_value_gets_one_line_and_writes_nothing(
 ) -> None:
     count, failures = run_cases(world, cmd, env=True)
     assert not failures, f"{len(failures)} of {count} cases failed:\n" + "\n".join(failures[:40])
+
+
+# The values issue 9 found crashing the command line, each with the words its one-line
+# error must contain. "{repo}", "{etcd}", "{prefix}" are filled in from the world.
+ISSUE_9: list[tuple[list[str], dict[str, str], str]] = [
+    (["suspend", "web", "--reason", "r", "--for", "99999999d", "{etcd}"], {}, "at most 3650d"),
+    (["suspend", "web", "--reason", "r", "--for", "1" + "0" * 400 + "s", "{etcd}"], {},
+     "at most 3650d"),
+    (["plan", "--repo", "{repo}", "--out", "/nonexistent/dir/plan.json", "{etcd}"], {},
+     "directory does not exist"),
+    (["plan", "--repo", "{repo}", "{etcd}"], {"KAYLEE_CACHE_DIR": "/dev/null"},
+     "is not a directory"),
+    (["--repo", "{repo}", "--once", "{etcd}"], {"KAYLEE_INTERVAL": "inf"},
+     "not a finite number"),
+    (["status", "--etcd-endpoints", "http://[::1"], {}, "is not a valid URL"),
+    (["plan", "--repo", "{repo}", "--https-token-file", "/dev/zero", "{etcd}"], {},
+     "larger than 64 KiB"),
+    (["plan", "--repo", "https://me:hunter2@git.example.com/u.git", "{etcd}"], {},
+     "--https-token-file"),
+]  # fmt: skip
+
+
+def _fill(world: World, args: list[str]) -> list[str]:
+    out: list[str] = []
+    for arg in args:
+        out += world.etcd if arg == "{etcd}" else [str(world.repo.path) if arg == "{repo}" else arg]
+    return out
+
+
+@pytest.mark.parametrize(("args", "env", "message"), ISSUE_9, ids=[c[2] for c in ISSUE_9])
+def test_the_values_issue_9_found_get_one_line_and_write_nothing(
+    world: World, args: list[str], env: dict[str, str], message: str
+) -> None:
+    before = snapshot(world)
+    result = CliRunner().invoke(sync_cli, _fill(world, args), env=env)
+    assert result.exit_code not in (0, INTERNAL_ERROR), result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.lower().startswith("error")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "hunter2" not in result.output
+    assert snapshot(world) == before
