@@ -74,7 +74,8 @@ def _id(case: tuple[str, bytes]) -> str:
 
 
 def run(program: object, args: list[str]) -> Result:
-    return CliRunner().invoke(program, args)  # type: ignore[arg-type]
+    # color=True: keep escape sequences, as a terminal would receive them.
+    return CliRunner().invoke(program, args, color=True)  # type: ignore[arg-type]
 
 
 def judge(what: str, result: Result) -> str:

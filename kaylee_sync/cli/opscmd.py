@@ -16,7 +16,13 @@ from typing import Any
 
 import click
 
-from kaylee_sync.cli.common import echo_json, etcd_options, etcd_settings_from, format_option
+from kaylee_sync.cli.common import (
+    echo_json,
+    etcd_options,
+    etcd_settings_from,
+    format_option,
+    printable,
+)
 from kaylee_sync.cli.values import Duration
 from kaylee_sync.errors import UsageError
 from kaylee_sync.plan.compute import format_time, short_commit
@@ -108,7 +114,9 @@ def status(fmt: str, **params: Any) -> None:
         )
         _exit_if(unreadable)
         return
-    click.echo(f"leader:        {leader or 'none (no kaylee-sync daemon is leading)'}")
+    # The master key is written by whoever leads; shown escaped, it cannot drive the terminal.
+    shown = printable(leader) if leader else "none (no kaylee-sync daemon is leading)"
+    click.echo(f"leader:        {shown}")
     if state is None:
         click.echo(f"last attempt:  {'unknown (see the error)' if malformed else 'never synced'}")
     else:
