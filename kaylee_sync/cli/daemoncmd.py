@@ -21,6 +21,7 @@ from kaylee_sync.cli.common import etcd_settings_from
 from kaylee_sync.cli.fleetopts import fleet_client, scheduler_settings_from
 from kaylee_sync.cli.gitopts import read_secret_file, source_settings_from
 from kaylee_sync.cli.plancmd import prune_options, prune_settings
+from kaylee_sync.cli.values import Seconds
 from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
 from kaylee_sync.daemon.logs import register_secret, setup_logging
 from kaylee_sync.election import lead_once, make_identity
@@ -39,7 +40,7 @@ def daemon_options(func: F) -> F:
     options = [
         click.option(
             "--interval",
-            type=click.FloatRange(min=0.1),
+            type=Seconds(min=0.1, max=86400),
             default=30.0,
             show_default=True,
             help="Seconds between polls of the repository (10 % jitter).",

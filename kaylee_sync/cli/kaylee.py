@@ -35,6 +35,7 @@ from kaylee_sync.cli.fleetopts import (
     scheduler_settings_from,
 )
 from kaylee_sync.cli.follow import FollowSettings, Target, display_for, follow
+from kaylee_sync.cli.values import Seconds
 from kaylee_sync.errors import KayleeError, NotFoundError, StoreError, UsageError
 from kaylee_sync.render import check_renderable
 from kaylee_sync.server import SERVER_LISTEN, SchedulerServer
@@ -84,7 +85,7 @@ def _store(ctx: click.Context) -> Store:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=1),
+    type=Seconds(min=1),
     default=FollowSettings.timeout,
     show_default=True,
     help="Seconds --wait waits in all (the scheduler's rollout timeout plus slack).",
