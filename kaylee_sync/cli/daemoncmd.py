@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from kaylee_sync.cli.common import etcd_settings_from
-from kaylee_sync.cli.fleetopts import fleet_client, scheduler_settings_from
+from kaylee_sync.cli.fleetopts import fleet_client, scheduler_settings_from, verbose_option
 from kaylee_sync.cli.gitopts import read_secret_file, source_settings_from
 from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
 from kaylee_sync.daemon.logs import register_secret, setup_logging
@@ -46,11 +46,13 @@ def daemon_options(func: F) -> F:
         ),
         click.option(
             "--max-prune",
+            envvar="KAYLEE_MAX_PRUNE",
             type=click.IntRange(min=0),
             help="Refuse a commit that deletes more than this many units [default: no limit].",
         ),
         click.option(
             "--allow-prune-all",
+            envvar="KAYLEE_ALLOW_PRUNE_ALL",
             is_flag=True,
             help="Allow a commit to delete every managed unit (lifts --max-prune).",
         ),
@@ -78,7 +80,7 @@ def daemon_options(func: F) -> F:
                           "beside 'kaylee server': both campaign for the same leadership."),
         click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
                      show_default=True, help="Log lines for people or for log pipelines."),
-        click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
+        verbose_option,
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)

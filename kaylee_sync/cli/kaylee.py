@@ -28,11 +28,13 @@ from kaylee_sync.cli.common import (
     format_option,
     setup_logging,
 )
+from kaylee_sync.cli.envvars import name_variables
 from kaylee_sync.cli.fleetopts import (
     fleet_client,
     fleet_options,
     scheduler_options,
     scheduler_settings_from,
+    verbose_option,
 )
 from kaylee_sync.cli.follow import FollowSettings, Target, display_for, follow
 from kaylee_sync.errors import KayleeError, NotFoundError, StoreError, UsageError
@@ -50,11 +52,11 @@ class RolloutFailed(KayleeError):
     """``kaylee run --wait``: the rollout failed, stalled or was superseded (exit 1)."""
 
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KAYLEE"}
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 @click.group(cls=KayleeGroup, context_settings=CONTEXT)
-@click.version_option(__version__, "--version", "-v", prog_name="kaylee")
+@click.version_option(__version__, "--version", "-V", prog_name="kaylee")
 @etcd_options
 @click.pass_context
 def cli(ctx: click.Context, /, **params: Any) -> None:
@@ -292,7 +294,7 @@ def _take_over(store: Store, name: str, verb: str, override: _Override | None) -
 @cli.command()
 @fleet_options
 @scheduler_options
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@verbose_option
 @click.pass_context
 def server(ctx: click.Context, /, **params: Any) -> None:
     """Run the scheduling server: turn units/* into fleet units (leader only).
@@ -312,6 +314,9 @@ def server(ctx: click.Context, /, **params: Any) -> None:
         app = SchedulerServer(store, fleet_client(settings, params), scheduler, election)
         with app.signals():
             app.run()
+
+
+name_variables(cli)
 
 
 def main() -> None:

@@ -17,7 +17,12 @@ from typing import Any
 
 import click
 
-from kaylee_sync.cli.common import etcd_options, etcd_settings_from, format_option
+from kaylee_sync.cli.common import (
+    etcd_options,
+    etcd_settings_from,
+    format_option,
+    unit_prefix_option,
+)
 from kaylee_sync.cli.gitopts import source_options, source_settings_from
 from kaylee_sync.election import lead_once, make_identity
 from kaylee_sync.errors import UsageError
@@ -37,10 +42,14 @@ from kaylee_sync.sync.syncer import Syncer, SyncSettings
 
 def prune_options(func: Any) -> Any:
     func = click.option(
-        "--allow-prune-all", is_flag=True, help="Allow deleting every managed unit."
+        "--allow-prune-all",
+        envvar="KAYLEE_ALLOW_PRUNE_ALL",
+        is_flag=True,
+        help="Allow deleting every managed unit.",
     )(func)
     return click.option(
         "--max-prune",
+        envvar="KAYLEE_MAX_PRUNE",
         type=click.IntRange(min=0),
         help="Refuse deleting more than this many units [default: no limit].",
     )(func)
@@ -70,7 +79,7 @@ def _color(fmt: str) -> bool:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also save the plan here, for 'kaylee-sync apply'.")  # fmt: skip
 @click.option("--no-fetch", is_flag=True, help="Do not fetch a remote first.")
-@click.option("--unit-prefix", default="k2", show_default=True, help="Prefix of fleet units.")
+@unit_prefix_option("Prefix of fleet units.")
 def plan(**params: Any) -> None:
     """Show what a sync would change: per unit, the spec diff and the fleet effect.
 
