@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tomllib
+from importlib import resources
 from pathlib import Path
 
 import click
@@ -38,7 +39,8 @@ from kaylee_sync.cli import sync as sync_cli
 from tests.gitrepo import GitRepo, unit_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SYSTEMD = ROOT / "systemd"
+# The units ship inside the package (kaylee-sync systemd-unit prints them): read them there.
+SYSTEMD = Path(str(resources.files("kaylee_sync").joinpath("systemd")))
 UNITS = ("kaylee-sync.service", "kaylee-server.service")
 ENV_EXAMPLE = SYSTEMD / "kaylee-sync.env.example"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")

@@ -1,6 +1,6 @@
 """Which environment variable fills each option: one rule for both programs.
 
-An operator writes one EnvironmentFile (``systemd/kaylee-sync.env.example``) and expects
+An operator writes one EnvironmentFile (``kaylee_sync/systemd/kaylee-sync.env.example``) and expects
 it to mean the same to the daemon, ``kaylee server``, ``kaylee-sync status`` and
 ``kaylee ls``. click's ``auto_envvar_prefix`` cannot promise that: it names a variable
 after the command and the option's *Python* name, so ``kaylee ls --fleet-driver`` read
