@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kaylee_sync.daemon.fleetmeter import MeteredFleet
 from kaylee_sync.daemon.http import HttpServer
 from kaylee_sync.daemon.metrics import Metrics
 from kaylee_sync.daemon.notify import Notifier
@@ -85,6 +86,9 @@ class _MeasuredScheduler(Scheduler):
         if self.is_leader():  # an abandoned pass has not looked at every unit
             phases = Counter(d.phase for d in decisions if d.phase != "deleted")
             self.metrics.set_rollouts(phases)
+            self.metrics.set_unit_phases(
+                {d.unit: d.phase for d in decisions if d.phase != "deleted"}
+            )
         return decisions
 
 
@@ -111,7 +115,11 @@ class Daemon:
         )
         self.scheduler: Scheduler | None = (
             _MeasuredScheduler(
-                store, fleet, settings.scheduler, is_leader=self.is_leader, metrics=self.metrics
+                store,
+                MeteredFleet(fleet, self.metrics),
+                settings.scheduler,
+                is_leader=self.is_leader,
+                metrics=self.metrics,
             )
             if fleet is not None and settings.schedule
             else None
@@ -155,6 +163,7 @@ class Daemon:
             log.warning("%s: leadership lost; sync and scheduling stop", self.identity)
         self.metrics.set_leader(False)
         self.metrics.set_rollouts({})  # a standby reconciles nothing
+        self.metrics.set_unit_phases({})
         if self.scheduler is not None:
             self.scheduler.trigger()
 
