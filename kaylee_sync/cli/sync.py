@@ -26,6 +26,7 @@ from kaylee_sync.cli.daemoncmd import daemon_options, run_daemon
 from kaylee_sync.cli.envvars import name_variables
 from kaylee_sync.cli.fleetopts import fleet_options, scheduler_options
 from kaylee_sync.cli.gitopts import source_options
+from kaylee_sync.cli.importv2 import import_v2
 from kaylee_sync.cli.lint import schema, validate
 from kaylee_sync.cli.opscmd import resume, status, suspend
 from kaylee_sync.cli.plancmd import apply, plan
@@ -112,7 +113,7 @@ def render(file: Path, fmt: str, unit_prefix: str, restart_generation: int) -> N
         click.echo(unit["unit_file"], nl=False)
 
 
-for command in (plan, apply, validate, schema, suspend, resume, status, systemd_unit):
+for command in (plan, apply, validate, schema, suspend, resume, status, systemd_unit, import_v2):
     cli.add_command(command)
 name_variables(cli)
 
