@@ -93,10 +93,14 @@ def parse(program: str, command: str | None, args: list[str], testing: str = "")
         return group.make_context(program, [*args, *([] if program == "kaylee-sync" else ["ls"])])
     parent = group.make_context(program, [command])
     cmd = group.commands[command]
-    required = [p for p in cmd.params if isinstance(p, click.Argument) and p.required]
-    extra = [__file__] * len(required)  # an existing file, for FILE arguments
-    if command == "suspend" and "--reason" not in (*args, testing):
-        extra = ["--reason", "r", *extra]
+    extra: list[str] = []
+    for param in cmd.params:  # what the command requires, unless it is what we test
+        if isinstance(param, click.Argument) and param.required:
+            is_dir = isinstance(param.type, click.Path) and not param.type.file_okay
+            extra.append(str(Path(__file__).parent) if is_dir else __file__)
+        elif isinstance(param, click.Option) and param.required:
+            if param.opts[-1] not in (*args, testing):
+                extra += [param.opts[-1], "r"]
     return cmd.make_context(command, [*args, *extra], parent=parent)
 
 

@@ -22,6 +22,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_FLEET_PREFIX = "/_coreos.com/fleet/"
 DEFAULT_API_ENDPOINT = "unix:///var/run/fleet.sock"
+#: ``--fleet-prefix``'s variables, wherever the option appears
+FLEET_PREFIX_VARS = ["KAYLEE_FLEET_PREFIX", "FLEETCTL_ETCD_KEY_PREFIX"]
 
 
 def fleet_options(func: F) -> F:
@@ -55,7 +57,7 @@ def fleet_options(func: F) -> F:
         ),
         click.option(
             "--fleet-prefix",
-            envvar=["KAYLEE_FLEET_PREFIX", "FLEETCTL_ETCD_KEY_PREFIX"],
+            envvar=FLEET_PREFIX_VARS,
             default=DEFAULT_FLEET_PREFIX,
             show_default=True,
             help="Keyspace for fleet data in etcd.",

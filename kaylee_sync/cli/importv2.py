@@ -18,7 +18,7 @@ import click
 import yaml
 
 from kaylee_sync.cli.common import unit_prefix_option
-from kaylee_sync.cli.fleetopts import DEFAULT_FLEET_PREFIX
+from kaylee_sync.cli.fleetopts import DEFAULT_FLEET_PREFIX, FLEET_PREFIX_VARS
 from kaylee_sync.errors import FleetError, KayleeError, SpecError, UsageError
 from kaylee_sync.fleet.etcd2 import Etcd2Client
 from kaylee_sync.fleet.registry import RegistryDriver
@@ -42,7 +42,11 @@ class ImportFailed(KayleeError):
 )
 @click.option("--prefix", default="/kaylee2", show_default=True, help="The Go Kaylee's prefix.")
 @click.option(
-    "--fleet-prefix", default=DEFAULT_FLEET_PREFIX, show_default=True, help="fleet's keyspace."
+    "--fleet-prefix",
+    envvar=FLEET_PREFIX_VARS,
+    default=DEFAULT_FLEET_PREFIX,
+    show_default=True,
+    help="fleet's keyspace.",
 )
 @unit_prefix_option()
 @click.option("--force", is_flag=True, help="Overwrite unit files that already exist.")
