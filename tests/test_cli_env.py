@@ -98,9 +98,12 @@ def parse(program: str, command: str | None, args: list[str], testing: str = "")
         if isinstance(param, click.Argument) and param.required:
             is_dir = isinstance(param.type, click.Path) and not param.type.file_okay
             extra.append(str(Path(__file__).parent) if is_dir else __file__)
-        elif isinstance(param, click.Option) and param.required:
-            if param.opts[-1] not in (*args, testing):
-                extra += [param.opts[-1], "r"]
+        elif (
+            isinstance(param, click.Option)
+            and param.required
+            and param.opts[-1] not in (*args, testing)
+        ):
+            extra += [param.opts[-1], "r"]
     return cmd.make_context(command, [*args, *extra], parent=parent)
 
 

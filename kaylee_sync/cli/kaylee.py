@@ -37,6 +37,7 @@ from kaylee_sync.cli.fleetopts import (
     verbose_option,
 )
 from kaylee_sync.cli.follow import FollowSettings, Target, display_for, follow
+from kaylee_sync.cli.watching import repeat, watch_option
 from kaylee_sync.errors import KayleeError, NotFoundError, StoreError, UsageError
 from kaylee_sync.render import check_renderable
 from kaylee_sync.server import SchedulerServer
@@ -154,27 +155,38 @@ def run(ctx: click.Context, /, file: Path, **params: Any) -> None:
 @fleet_options
 @format_option("table", "json", help="Output format.")
 @click.option("--no-fleet", is_flag=True, help="Do not ask fleet for its units and states.")
+@watch_option
 @click.pass_context
-def ls(ctx: click.Context, /, fmt: str, no_fleet: bool, **params: Any) -> None:
+def ls(
+    ctx: click.Context, /, fmt: str, no_fleet: bool, watch: bool, every: float, **params: Any
+) -> None:
     """List units: their fleet units with machine and state, and rollout progress.
 
     \b
     Examples:
       kaylee ls
+      kaylee ls --watch
       kaylee ls --format json | jq '.units[] | {name, rollout}'
     """
     settings: EtcdSettings = ctx.obj
     fleet = None if no_fleet else fleet_client(settings, params)
+
+    def show() -> None:
+        data = listing.collect(store, fleet, params["unit_prefix"])
+        if fmt == "json":
+            echo_json(data)
+        else:
+            listing.print_table(data)
+
     try:
         with _store(ctx) as store:
-            data = listing.collect(store, fleet, params["unit_prefix"])
+            if watch:
+                repeat(show, every, "kaylee ls", header=fmt != "json")
+            else:
+                show()
     finally:
         if fleet is not None:
             fleet.close()
-    if fmt == "json":
-        echo_json(data)
-    else:
-        listing.print_table(data)
 
 
 @cli.command()

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from kaylee_sync.cli.common import echo_json, etcd_options, etcd_settings_from, format_option
+from kaylee_sync.cli.watching import repeat, watch_option
 from kaylee_sync.errors import UsageError
 from kaylee_sync.plan.compute import format_time, short_commit
 from kaylee_sync.store import Store
@@ -91,19 +92,30 @@ def resume(name: str, **params: Any) -> None:
 
 @click.command()
 @format_option("text", "json")
+@watch_option
 @etcd_options
-def status(fmt: str, **params: Any) -> None:
+def status(fmt: str, watch: bool, every: float, **params: Any) -> None:
     """Show the leader, the last sync attempt and success, and suspended units.
 
     \b
     Examples:
       kaylee-sync status
+      kaylee-sync status --watch
       kaylee-sync status --format json | jq .attempt.problems
     """
     with Store(etcd_settings_from(params)) as store:
-        leader = store.leader()
-        state = read_status(store)
-        suspended = list_suspensions(store)
+        if watch:
+            repeat(
+                lambda: _show_status(store, fmt), every, "kaylee-sync status", header=fmt != "json"
+            )
+        else:
+            _show_status(store, fmt)
+
+
+def _show_status(store: Store, fmt: str) -> None:
+    leader = store.leader()
+    state = read_status(store)
+    suspended = list_suspensions(store)
     if fmt == "json":
         document = {} if state is None else json.loads(encode_status(state))
         echo_json(
