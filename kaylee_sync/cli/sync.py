@@ -31,6 +31,7 @@ from kaylee_sync.cli.lint import schema, validate
 from kaylee_sync.cli.opscmd import resume, status, suspend
 from kaylee_sync.cli.plancmd import apply, plan
 from kaylee_sync.cli.shipped import systemd_unit
+from kaylee_sync.cli.synccmd import sync
 from kaylee_sync.render import check_renderable, render_units
 from kaylee_sync.spec import spec_hash, to_json
 from kaylee_sync.spec.loader import load_unit_file
@@ -113,7 +114,18 @@ def render(file: Path, fmt: str, unit_prefix: str, restart_generation: int) -> N
         click.echo(unit["unit_file"], nl=False)
 
 
-for command in (plan, apply, validate, schema, suspend, resume, status, systemd_unit, import_v2):
+for command in (
+    plan,
+    apply,
+    validate,
+    schema,
+    suspend,
+    resume,
+    status,
+    sync,
+    systemd_unit,
+    import_v2,
+):
     cli.add_command(command)
 name_variables(cli)
 

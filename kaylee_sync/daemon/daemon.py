@@ -31,6 +31,7 @@ from kaylee_sync.daemon.fleetmeter import MeteredFleet
 from kaylee_sync.daemon.http import HttpServer
 from kaylee_sync.daemon.metrics import Metrics
 from kaylee_sync.daemon.notify import Notifier
+from kaylee_sync.daemon.requests import SyncRequests
 from kaylee_sync.daemon.triggers import SyncQueue, Triggers
 from kaylee_sync.election import Election, ElectionSettings, make_identity
 from kaylee_sync.errors import KayleeError
@@ -127,6 +128,7 @@ class Daemon:
         self.triggers = Triggers(
             self.queue, interval=settings.interval, watch_paths=source.watch_paths()
         )
+        self.requests = SyncRequests(store, self.queue, self.is_leader, self.identity)
         self.http = (
             HttpServer(
                 settings.listen,
@@ -217,6 +219,7 @@ class Daemon:
             )
             sched_thread.start()
         self.triggers.start()
+        self.requests.start()
         interval = self.notifier.watchdog_interval
         if interval is not None:
             threading.Thread(
@@ -228,6 +231,7 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self.triggers.stop()
+            self.requests.stop()
             self.queue.close()
             if self.scheduler is not None:
                 self.scheduler.trigger()

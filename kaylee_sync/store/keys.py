@@ -12,6 +12,8 @@ Layout (relative to the prefix, default ``/kaylee2``)::
     sync/inventory               JSON: repo, commit, managed units and their files
     sync/status                  JSON: last attempt / last success, per-file errors
     sync/suspended/<name>        JSON: who, when, why — git sync leaves <name> alone
+    sync/request                 JSON: an operator's "sync now" (``kaylee-sync sync``),
+                                 acknowledged by the leader that picked it up
     restart/<name>               restart generation (a decimal integer)
     scheduler/rollouts/<name>    JSON: the scheduler's rollout state for one unit
                                  (phase, target spec hash, started, last error); it lets
@@ -26,6 +28,7 @@ UNITS = "units/"
 MASTER = "master"
 INVENTORY = "sync/inventory"
 STATUS = "sync/status"
+SYNC_REQUEST = "sync/request"
 SUSPENDED = "sync/suspended/"
 RESTART = "restart/"
 ROLLOUTS = "scheduler/rollouts/"
