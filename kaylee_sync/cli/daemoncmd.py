@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from kaylee_sync.cli.common import etcd_settings_from
-from kaylee_sync.cli.fleetopts import fleet_client, scheduler_settings_from
+from kaylee_sync.cli.fleetopts import fleet_client, scheduler_settings_from, verbose_option
 from kaylee_sync.cli.gitopts import read_secret_file, source_settings_from
 from kaylee_sync.cli.plancmd import prune_options, prune_settings
 from kaylee_sync.cli.values import Seconds
@@ -45,7 +45,7 @@ def daemon_options(func: F) -> F:
             show_default=True,
             help="Seconds between polls of the repository (10 % jitter).",
         ),
-        prune_options("KAYLEE"),
+        prune_options(),
         click.option("--once", is_flag=True,
                      help="Sync once (plus one scheduler pass), then exit 0/1."),
         click.option(
@@ -70,7 +70,7 @@ def daemon_options(func: F) -> F:
                           "beside 'kaylee server': both campaign for the same leadership."),
         click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
                      show_default=True, help="Log lines for people or for log pipelines."),
-        click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
+        verbose_option,
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)

@@ -12,24 +12,35 @@ from typing import Any, TypeVar
 
 import click
 
+from kaylee_sync.cli.common import unit_prefix_option
 from kaylee_sync.cli.values import Seconds
 from kaylee_sync.election import ElectionSettings
 from kaylee_sync.errors import UsageError
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.runner import SchedulerSettings
-from kaylee_sync.settings import EtcdSettings, check_endpoint
+from kaylee_sync.settings import EtcdSettings, check_endpoint, with_scheme
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_FLEET_PREFIX = "/_coreos.com/fleet/"
 DEFAULT_API_ENDPOINT = "unix:///var/run/fleet.sock"
+#: ``--fleet-prefix``'s variables, wherever the option appears
+FLEET_PREFIX_VARS = ["KAYLEE_FLEET_PREFIX", "FLEETCTL_ETCD_KEY_PREFIX"]
 
 
 def fleet_options(func: F) -> F:
+    """fleet's flags, each read from one fixed ``KAYLEE_FLEET_*`` variable, then fleetctl's.
+
+    fleetctl's ``FLEETCTL_ENDPOINT`` is the endpoint of whichever driver it uses (fleetd's
+    API, or the etcd holding the registry), so it backs both endpoint flags; only the
+    chosen driver reads its own. Note that fleetctl's default driver is ``api`` and ours
+    is ``etcd`` (the original's way): set ``FLEETCTL_DRIVER`` as well.
+    """
     options = [
         click.option(
             "--fleet-driver",
-            type=click.Choice(["etcd", "api"]),
+            envvar=["KAYLEE_FLEET_DRIVER", "FLEETCTL_DRIVER"],
+            type=click.Choice(["etcd", "api"], case_sensitive=False),  # fleetctl says "API"
             default="etcd",
             show_default=True,
             help="etcd: fleet's registry in etcd (v2 API), as the original; api: fleetd's API.",
@@ -37,10 +48,12 @@ def fleet_options(func: F) -> F:
         click.option(
             "--fleet-endpoints",
             callback=_fleet_endpoints,
+            envvar=["KAYLEE_FLEET_ENDPOINTS", "FLEETCTL_ENDPOINT"],
             help="etcd endpoints of fleet's registry (etcd driver); default: --etcd-endpoints.",
         ),
         click.option(
             "--fleet-endpoint",
+            envvar=["KAYLEE_FLEET_ENDPOINT", "FLEETCTL_ENDPOINT"],
             default=DEFAULT_API_ENDPOINT,
             callback=_fleet_api_endpoint,
             show_default=True,
@@ -48,13 +61,12 @@ def fleet_options(func: F) -> F:
         ),
         click.option(
             "--fleet-prefix",
+            envvar=FLEET_PREFIX_VARS,
             default=DEFAULT_FLEET_PREFIX,
             show_default=True,
             help="Keyspace for fleet data in etcd.",
         ),
-        click.option(
-            "--unit-prefix", default="k2", show_default=True, help="Prefix for units in fleet."
-        ),
+        unit_prefix_option("Prefix for units in fleet."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -70,7 +82,9 @@ def _fleet_endpoints(ctx: click.Context, param: click.Parameter, value: str | No
     try:
         if not urls:
             raise UsageError("no endpoint given")
-        return ",".join(check_endpoint(url, "fleet endpoint") for url in urls)
+        for url in urls:  # scheme-less host:port is fleetctl's way; the scheme comes later
+            check_endpoint(with_scheme(url, tls=False), "fleet endpoint")
+        return ",".join(urls)
     except UsageError as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
 
@@ -92,6 +106,7 @@ def scheduler_options(func: F) -> F:
     options = [
         click.option(
             "--lease-ttl",
+            envvar="KAYLEE_LEASE_TTL",
             type=click.IntRange(min=2, max=3600),
             default=10,
             show_default=True,
@@ -99,6 +114,7 @@ def scheduler_options(func: F) -> F:
         ),
         click.option(
             "--stable",
+            envvar="KAYLEE_STABLE",
             type=Seconds(min=0),
             default=10.0,
             show_default=True,
@@ -106,6 +122,7 @@ def scheduler_options(func: F) -> F:
         ),
         click.option(
             "--rollout-timeout",
+            envvar="KAYLEE_ROLLOUT_TIMEOUT",
             type=Seconds(min=1),
             default=300.0,
             show_default=True,
@@ -113,6 +130,7 @@ def scheduler_options(func: F) -> F:
         ),
         click.option(
             "--resync",
+            envvar="KAYLEE_RESYNC",
             type=Seconds(min=1, max=86400),
             default=60.0,
             show_default=True,
@@ -122,6 +140,13 @@ def scheduler_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def verbose_option(func: F) -> F:
+    """``-v``/``--verbose``: debug logging, the same flag and variable in both programs."""
+    return click.option(
+        "-v", "--verbose", envvar="KAYLEE_VERBOSE", is_flag=True, help="Debug logging."
+    )(func)
 
 
 def scheduler_settings_from(params: dict[str, Any]) -> tuple[SchedulerSettings, ElectionSettings]:
@@ -144,7 +169,10 @@ def fleet_client(etcd: EtcdSettings, params: dict[str, Any]) -> FleetClient:
     from kaylee_sync.fleet.etcd2 import Etcd2Client
     from kaylee_sync.fleet.registry import RegistryDriver
 
-    endpoints = params["fleet_endpoints"] or ",".join(etcd.endpoints)
+    tls = etcd.uses_tls_files
+    given = params["fleet_endpoints"] or ""
+    endpoints = ",".join(with_scheme(e.strip(), tls) for e in given.split(",") if e.strip())
+    endpoints = endpoints or ",".join(etcd.endpoints)
     client = Etcd2Client(
         endpoints,
         ca_cert=etcd.ca_file,

@@ -28,14 +28,17 @@ from kaylee_sync.cli.common import (
     format_option,
     setup_logging,
 )
+from kaylee_sync.cli.envvars import name_variables
 from kaylee_sync.cli.fleetopts import (
     fleet_client,
     fleet_options,
     scheduler_options,
     scheduler_settings_from,
+    verbose_option,
 )
 from kaylee_sync.cli.follow import FollowSettings, Target, display_for, follow
 from kaylee_sync.cli.values import Seconds
+from kaylee_sync.cli.watching import repeat, watch_option
 from kaylee_sync.errors import KayleeError, NotFoundError, StoreError, UsageError
 from kaylee_sync.render import check_renderable
 from kaylee_sync.server import SERVER_LISTEN, SchedulerServer
@@ -51,11 +54,11 @@ class RolloutFailed(KayleeError):
     """``kaylee run --wait``: the rollout failed, stalled or was superseded (exit 1)."""
 
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KAYLEE"}
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 @click.group(cls=KayleeGroup, context_settings=CONTEXT)
-@click.version_option(__version__, "--version", "-v", prog_name="kaylee")
+@click.version_option(__version__, "--version", "-V", prog_name="kaylee")
 @etcd_options
 @click.pass_context
 def cli(ctx: click.Context, /, **params: Any) -> None:
@@ -153,27 +156,38 @@ def run(ctx: click.Context, /, file: Path, **params: Any) -> None:
 @fleet_options
 @format_option("table", "json", help="Output format.")
 @click.option("--no-fleet", is_flag=True, help="Do not ask fleet for its units and states.")
+@watch_option
 @click.pass_context
-def ls(ctx: click.Context, /, fmt: str, no_fleet: bool, **params: Any) -> None:
+def ls(
+    ctx: click.Context, /, fmt: str, no_fleet: bool, watch: bool, every: float, **params: Any
+) -> None:
     """List units: their fleet units with machine and state, and rollout progress.
 
     \b
     Examples:
       kaylee ls
+      kaylee ls --watch
       kaylee ls --format json | jq '.units[] | {name, rollout}'
     """
     settings: EtcdSettings = ctx.obj
     fleet = None if no_fleet else fleet_client(settings, params)
+
+    def show() -> None:
+        data = listing.collect(store, fleet, params["unit_prefix"])
+        if fmt == "json":
+            echo_json(data)
+        else:
+            listing.print_table(data)
+
     try:
         with _store(ctx) as store:
-            data = listing.collect(store, fleet, params["unit_prefix"])
+            if watch:
+                repeat(show, every, "kaylee ls", header=fmt != "json")
+            else:
+                show()
     finally:
         if fleet is not None:
             fleet.close()
-    if fmt == "json":
-        echo_json(data)
-    else:
-        listing.print_table(data)
 
 
 @cli.command()
@@ -300,7 +314,7 @@ def _take_over(store: Store, name: str, verb: str, override: _Override | None) -
     help="HTTP listener for /healthz, /readyz and /metrics ('' = off). Not kaylee-sync's "
     "9420, so both can run on one node.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@verbose_option
 @click.pass_context
 def server(ctx: click.Context, /, listen: str, **params: Any) -> None:
     """Run the scheduling server: turn units/* into fleet units (leader only).
@@ -324,6 +338,9 @@ def server(ctx: click.Context, /, listen: str, **params: Any) -> None:
             SchedulerServer(store, fleet, scheduler, election, listen=listen or None).run()
         finally:
             fleet.close()
+
+
+name_variables(cli)
 
 
 def main() -> None:

@@ -19,7 +19,12 @@ from typing import Any, TypeVar
 
 import click
 
-from kaylee_sync.cli.common import etcd_options, etcd_settings_from, format_option
+from kaylee_sync.cli.common import (
+    etcd_options,
+    etcd_settings_from,
+    format_option,
+    unit_prefix_option,
+)
 from kaylee_sync.cli.gitopts import source_options, source_settings_from
 from kaylee_sync.cli.values import NewFile
 from kaylee_sync.election import lead_once, make_identity
@@ -47,8 +52,9 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     return value
 
 
-def prune_options(envvar_prefix: str) -> Callable[[F], F]:
-    """The prune guard's options, for the daemon (``KAYLEE``) and ``plan`` (``KAYLEE_PLAN``).
+def prune_options() -> Callable[[F], F]:
+    """The prune guard's options, shared by the daemon, ``--once`` and ``plan`` (one fixed
+    variable each, see docs/cli.md).
 
     ``--allow-prune-all`` (and its variable) is the option's name before the guard held
     refusals; it stays as an alias so that existing units and scripts keep working.
@@ -60,6 +66,7 @@ def prune_options(envvar_prefix: str) -> Callable[[F], F]:
                 "--max-prune",
                 type=click.IntRange(min=0),
                 default=DEFAULT_MAX_PRUNE,
+                envvar="KAYLEE_MAX_PRUNE",
                 show_default=True,
                 help="Refuse a commit that deletes more than this many managed units.",
             ),
@@ -68,6 +75,7 @@ def prune_options(envvar_prefix: str) -> Callable[[F], F]:
                 type=click.FloatRange(0, 100),
                 callback=_finite,
                 default=DEFAULT_MAX_PRUNE_PERCENT,
+                envvar="KAYLEE_MAX_PRUNE_PERCENT",
                 show_default=True,
                 help="... or more than this % of them (one unit is always allowed).",
             ),
@@ -76,7 +84,7 @@ def prune_options(envvar_prefix: str) -> Callable[[F], F]:
                 "--allow-prune-all",
                 "allow_prune",
                 is_flag=True,
-                envvar=[f"{envvar_prefix}_ALLOW_PRUNE", f"{envvar_prefix}_ALLOW_PRUNE_ALL"],
+                envvar=["KAYLEE_ALLOW_PRUNE", "KAYLEE_ALLOW_PRUNE_ALL"],
                 help="Lift the prune guard: delete what Git deleted and release a refused "
                 "prune (logged).",
             ),
@@ -104,7 +112,7 @@ def _color(fmt: str) -> bool:
 @click.command()
 @source_options
 @etcd_options
-@prune_options("KAYLEE_PLAN")
+@prune_options()
 @click.option("--ref", help="Commit, branch or tag to plan [default: the branch head].")
 @click.option("--worktree", is_flag=True, help="Plan the working tree, uncommitted files too.")
 @click.option(
@@ -121,7 +129,7 @@ def _color(fmt: str) -> bool:
 @click.option("--out", type=NewFile(),
               help="Also save the plan here, for 'kaylee-sync apply'.")  # fmt: skip
 @click.option("--no-fetch", is_flag=True, help="Do not fetch a remote first.")
-@click.option("--unit-prefix", default="k2", show_default=True, help="Prefix of fleet units.")
+@unit_prefix_option("Prefix of fleet units.")
 def plan(**params: Any) -> None:
     """Show what a sync would change: per unit, the spec diff and the fleet effect.
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from kaylee_sync.daemon.requests import SyncRequests
 from kaylee_sync.daemon.service import Service, ServiceSettings
 from kaylee_sync.daemon.triggers import Triggers
 from kaylee_sync.errors import KayleeError
@@ -81,6 +82,7 @@ class Daemon(Service):
             loops=self.loops,
             stuck_after=settings.stuck_after,
         )
+        self.requests = SyncRequests(store, self.queue, self.is_leader, self.identity)
         self.last_result: SyncResult | None = None
         self._fetched = False
         #: the unexpected error the last sync or fetch ended with (None: it did not)
@@ -97,9 +99,11 @@ class Daemon(Service):
     def start_work(self) -> None:
         self.start_loop("sync", self._work, self.settings.stuck_after, leader_only=True)
         self.triggers.start()
+        self.requests.start()
 
     def stop_work(self) -> None:
         self.triggers.stop()
+        self.requests.stop()
         self.queue.close()
 
     def wake(self) -> None:

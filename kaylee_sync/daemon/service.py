@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kaylee_sync.daemon.fleetmeter import MeteredFleet
 from kaylee_sync.daemon.http import HttpServer
 from kaylee_sync.daemon.lifecycle import Lifecycle
 from kaylee_sync.daemon.metrics import Metrics
@@ -113,6 +114,9 @@ class MeasuredScheduler(Scheduler):
         if self.is_leader():  # an abandoned pass has not looked at every unit
             phases = Counter(d.phase.value for d in decisions if d.phase != "deleted")
             self.metrics.set_rollouts(phases)
+            self.metrics.set_unit_phases(
+                {d.unit: d.phase.value for d in decisions if d.phase != "deleted"}
+            )
             self.term_passes += 1
         return decisions
 
@@ -147,7 +151,7 @@ class Service:
         self.scheduler: MeasuredScheduler | None = (
             MeasuredScheduler(
                 store,
-                fleet,
+                MeteredFleet(fleet, self.metrics),
                 settings.scheduler,
                 is_leader=self.is_leader,
                 metrics=self.metrics,
@@ -229,6 +233,7 @@ class Service:
             log.warning("%s: leadership lost; leader work stops", self.identity)
         self.metrics.set_leader(False)
         self.metrics.set_rollouts({})  # a standby reconciles nothing
+        self.metrics.set_unit_phases({})
         if self.scheduler is not None:
             self.scheduler.trigger()
         self.lost()
