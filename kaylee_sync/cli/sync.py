@@ -21,6 +21,7 @@ from kaylee_sync.cli.gitopts import source_options
 from kaylee_sync.cli.lint import schema, validate
 from kaylee_sync.cli.opscmd import resume, status, suspend
 from kaylee_sync.cli.plancmd import apply, plan
+from kaylee_sync.cli.trustopts import feedback_options, signature_options
 from kaylee_sync.render import check_renderable, render_units
 from kaylee_sync.source.localfile import load_unit_file
 from kaylee_sync.spec import spec_hash, to_json
@@ -35,6 +36,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KAYLEE"
 @fleet_options
 @scheduler_options
 @daemon_options
+@signature_options
+@feedback_options
 @click.pass_context
 def cli(ctx: click.Context, /, **params: Any) -> None:
     """GitOps for CoreOS fleet: unit files in Git become fleet units.

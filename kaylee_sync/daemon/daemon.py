@@ -33,6 +33,7 @@ from kaylee_sync.daemon.notify import Notifier
 from kaylee_sync.daemon.triggers import SyncQueue, Triggers
 from kaylee_sync.election import Election, ElectionSettings, make_identity
 from kaylee_sync.errors import KayleeError
+from kaylee_sync.feedback import Feedback, FeedbackSettings
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.decide import Decision
 from kaylee_sync.scheduler.runner import Scheduler, SchedulerSettings
@@ -59,6 +60,8 @@ class DaemonSettings:
     election: ElectionSettings = field(default_factory=ElectionSettings)
     schedule: bool = True
     """Run the scheduler when leader (off: sync only; another process schedules)."""
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    """Commit statuses and notifications (issue 15); by default none."""
 
 
 class _MeasuredScheduler(Scheduler):
@@ -76,15 +79,19 @@ class _MeasuredScheduler(Scheduler):
         *,
         is_leader: Callable[[], bool],
         metrics: Metrics,
+        feedback: Feedback | None = None,
     ) -> None:
         super().__init__(store, fleet, settings, is_leader=is_leader)
         self.metrics = metrics
+        self.feedback = feedback
 
     def run_pass(self) -> list[Decision]:
         decisions = super().run_pass()
         if self.is_leader():  # an abandoned pass has not looked at every unit
             phases = Counter(d.phase for d in decisions if d.phase != "deleted")
             self.metrics.set_rollouts(phases)
+            if self.feedback is not None:  # feedback (issue 15): rollout states
+                self.feedback.rollout(decisions)
         return decisions
 
 
@@ -105,13 +112,19 @@ class Daemon:
         self.queue = SyncQueue()
         self.metrics = Metrics()
         self.notifier = Notifier()
+        self.feedback = Feedback(settings.feedback)  # feedback (issue 15)
         self.election = Election(store, self.identity, settings.election, self._elected, self._lost)
         self.syncer = Syncer(
             source, store, settings.sync, identity=self.identity, is_leader=self.is_leader
         )
         self.scheduler: Scheduler | None = (
             _MeasuredScheduler(
-                store, fleet, settings.scheduler, is_leader=self.is_leader, metrics=self.metrics
+                store,
+                fleet,
+                settings.scheduler,
+                is_leader=self.is_leader,
+                metrics=self.metrics,
+                feedback=self.feedback,
             )
             if fleet is not None and settings.schedule
             else None
@@ -144,6 +157,7 @@ class Daemon:
         log.info("%s: became leader; syncing and reconciling everything", self.identity)
         self.last_result = None  # ready again only after this term's first sync
         self.metrics.set_leader(True)
+        self.feedback.became_leader()  # feedback (issue 15)
         if self.scheduler is not None:
             self.scheduler.became_leader()
         self.queue.request("leader")
@@ -226,6 +240,7 @@ class Daemon:
                 sched_thread.join(30)
             self.election.resign()
             self.metrics.set_leader(False)
+            self.feedback.close()  # feedback (issue 15): a few seconds to deliver what is queued
             if self.http is not None:
                 self.http.stop()
             log.info("%s: stopped", self.identity)
@@ -248,6 +263,9 @@ class Daemon:
         if result.deposed:
             return  # a handover, not an error; the new leader syncs
         self.last_result = result
+        self.feedback.sync_result(  # feedback (issue 15): commit status and notifications
+            result.commit, ok=result.ok, error=result.error, stage=result.stage, plan=result.plan
+        )
         if result.ok:
             plan = result.plan
             self.metrics.observe_sync(

@@ -29,6 +29,7 @@ from kaylee_sync.gcpause import collector_paused
 from kaylee_sync.plan.compute import make_plan
 from kaylee_sync.plan.model import Action, ActualState, DesiredState, Plan
 from kaylee_sync.source import GitSource, redact
+from kaylee_sync.source.signatures import SignaturePolicy, verify_commits
 from kaylee_sync.store import Store, keys
 from kaylee_sync.store.txn import Compare
 from kaylee_sync.sync.actual import read_actual
@@ -48,6 +49,8 @@ class SyncSettings:
     """Prefix of fleet unit names, for the plan's fleet-level effects."""
     batch: int = 64
     """Operations per etcd transaction (etcd allows 128 including compares)."""
+    signatures: SignaturePolicy | None = None
+    """Deploy only commits signed by allowed keys (issue 15); None: no check."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,11 @@ class Syncer:
             desired = self.source.desired(commit)
             stage = "etcd"
             actual = read_actual(self.store)
+            if self.settings.signatures is not None:  # issue 15: refuse before planning
+                stage = "signature"
+                base = actual.inventory.commit if actual.inventory is not None else None
+                verify_commits(self.source.git_commands(), self.settings.signatures, base, commit)
+                stage = "etcd"
             plan = self.plan(desired, actual)
             self._log_plan(plan)
             if not self.is_leader():
