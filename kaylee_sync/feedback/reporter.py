@@ -79,7 +79,8 @@ class Feedback:
         self._expected: dict[str, str] = {}  # unit → hash6 the synced commit rolls out
         self._phases: dict[str, str] | None = None  # None: no pass seen yet (baseline)
         self._steady_hash: dict[str, str] = {}
-        self._complaints: set[tuple[str, ...]] = set()
+        self._failure: tuple[str, ...] = ()  # the failure last reported
+        self._complaints: set[tuple[str, ...]] = set()  # the problems of the last success
         self._expired: frozenset[str] = frozenset()
 
     # -- the two facts ---------------------------------------------------------------------
@@ -91,9 +92,9 @@ class Feedback:
         if not ok:
             refused = stage == "signature"
             phase = "commit-refused" if refused else "sync-failed"
-            key: tuple[str, ...] = (phase, commit, error)
-            if key not in self._complaints:  # the same failure at every poll: reported once
-                self._complaints = {key}
+            failure = (phase, commit, error)
+            if failure != self._failure:  # the same failure at every poll: reported once
+                self._failure = failure
                 self._send(Event(phase, error, commit=commit, to_commit=commit))
             state = CommitState.FAILED if refused else CommitState.PENDING
             self._status(commit, state, error if refused else f"not synced yet: {error}")
@@ -104,7 +105,7 @@ class Feedback:
         moved = (self._synced, commit) if commit != self._synced else ("", "")
         for problem in plan.problems:
             reason = "; ".join(str(i) for i in problem.issues)
-            key = ("invalid-file", problem.path, problem.blob or "", reason)
+            key: tuple[str, ...] = ("invalid-file", problem.path, problem.blob or "", reason)
             complaints.add(key)
             if key not in self._complaints:
                 event = Event("invalid-file", reason, problem.name or "", commit, *moved)
@@ -114,7 +115,8 @@ class Feedback:
             complaints.add(key)
             if key not in self._complaints:
                 self._send(Event("prune-refused", plan.prune_refused, "", commit, *moved))
-        self._complaints = complaints  # a success ends every earlier failure
+        self._complaints = complaints
+        self._failure = ()  # a success ends the failure: the next one is news
         for name in sorted(set(plan.expired_suspensions) - self._expired):
             self._send(Event("suspension-expired", "the suspension's time ran out", name, commit))
         self._expired = frozenset(plan.expired_suspensions)
