@@ -17,6 +17,7 @@ from bench import (
     repo_sync,
     rolling_update,
     scheduler_idle,
+    signature_check,
 )
 from bench.common import Measurement, parser, progress, report
 
@@ -32,6 +33,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "fleet_submit": (fleet_submit.configure, fleet_submit.run),
     "rolling_update": (rolling_update.configure, rolling_update.run),
     "daemon_rss": (daemon_rss.configure, daemon_rss.run),
+    "signature_check": (signature_check.configure, signature_check.run),
 }
 
 

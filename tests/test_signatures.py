@@ -12,14 +12,18 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
 from kaylee_sync.cli.sync import cli
+from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
+from kaylee_sync.election import ElectionSettings
 from kaylee_sync.errors import UsageError
 from kaylee_sync.source import GitSource, SourceSettings
 from kaylee_sync.source.signatures import CommitRefused, SignaturePolicy, verify_commits
@@ -28,6 +32,7 @@ from kaylee_sync.sync.actual import read_actual
 from kaylee_sync.sync.status import read_status
 from kaylee_sync.sync.syncer import Syncer, SyncSettings
 from tests.gitrepo import GitRepo, unit_yaml
+from tests.polling import wait_for
 
 
 @dataclass(frozen=True)
@@ -292,6 +297,48 @@ def test_an_edited_allowed_signers_file_is_read_at_the_next_check(
     assert not syncer.sync_once().ok
     allowed.write_text(allowed.read_text() + f"mallory@example.invalid {mallory.public}\n")
     assert syncer.sync_once().ok
+
+
+def test_removing_a_key_refuses_a_head_that_passed_with_it(
+    repo: GitRepo, syncer: Syncer, store: Store, allowed: Path
+) -> None:
+    assert syncer.sync_once().ok
+    assert syncer.sync_once().ok  # the same head again: remembered as verified
+    allowed.write_text("")  # alice's key withdrawn
+
+    result = syncer.sync_once()
+
+    assert not result.ok and "signed by a key that is not allowed" in result.error
+
+
+def test_the_daemon_reports_a_refused_commit_in_metrics_readiness_and_status(
+    tmp_path: Path, store: Store, allowed: Path
+) -> None:
+    repo = GitRepo(tmp_path / "plain")
+    repo.write("units/web.yaml", unit_yaml("web"))
+    head = repo.commit("unsigned")
+    settings = DaemonSettings(
+        interval=30.0,
+        listen="127.0.0.1:0",
+        election=ElectionSettings(lease_ttl=2, safety_margin=1.0),
+        sync=SyncSettings(signatures=SignaturePolicy(allowed)),
+    )
+    with GitSource(SourceSettings(repo=str(repo.path), path="units")) as source:
+        daemon = Daemon(source, store, None, settings)
+        thread = threading.Thread(target=daemon.run, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: daemon.last_result, 20, "the first sync")
+            assert daemon.http is not None
+            ready = httpx.get(daemon.http.url + "/readyz", timeout=5)
+            metrics = httpx.get(daemon.http.url + "/metrics", timeout=5).text
+        finally:
+            daemon.should_exit.set()
+            daemon.queue.request("stop")
+            thread.join(15)
+    assert 'kaylee_sync_errors_total{stage="signature"} 1.0' in metrics
+    assert ready.status_code == 503 and f"{head[:12]}: no signature (key: none)" in ready.text
+    assert snapshot(store) == {}
 
 
 def test_a_policy_without_keys_or_with_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:

@@ -22,9 +22,12 @@ failure refuses it too (:class:`CommitRefused` is a :class:`SourceError`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +47,14 @@ _REASONS = {
     "E": "the signature cannot be checked (unknown key, or no gpg to check it)",
 }
 _FORMAT = "%H%x00%G?%x00%GK%x00"
+_CHUNK = 500  # commits per git log: far below any command-line limit
+_MEMO = 10_000  # commits remembered as verified (a few hundred KiB)
+Verdict = tuple[str, str, str]  # commit, %G?, key
+
+# (digest of the key files, commit) of every commit that passed: a poll that finds the
+# head already checked costs a rev-list, not an ssh-keygen or gpg run per commit.
+_VERIFIED: OrderedDict[tuple[str, str], None] = OrderedDict()
+_VERIFIED_LOCK = threading.Lock()
 _GPG_TIMEOUT = 60.0
 
 
@@ -106,7 +117,9 @@ def verify_commits(
 
     ``base`` is the last synced commit (None or "" before the first sync; a commit this
     repository does not hold counts as None: everything reachable is new). Returns how
-    many commits were checked; raises :class:`CommitRefused` naming the oldest bad one.
+    many commits git checked now — a commit that passed before with the very same key
+    files is not checked again — and raises :class:`CommitRefused` naming the oldest
+    bad one.
     """
     if not base:
         revisions = ["--no-walk", head]  # first sync: the head is all there is to deploy
@@ -114,23 +127,64 @@ def verify_commits(
         revisions = [head, f"^{base}"]
     else:
         revisions = [head]  # the old history is gone: nothing tells what is new
+    listed = commands.run("rev-list", *revisions, "--").split()  # newest first
+    if head not in listed:
+        listed.append(head)  # head is an ancestor of base (a reset): it is checked too
+    digest = _key_digest(policy)
+    with _VERIFIED_LOCK:
+        unknown = [c for c in listed if (digest, c) not in _VERIFIED]
+    verdicts = _check(commands, policy, unknown)
+    bad = [(c, k, _REASONS.get(v, f"unknown verdict {v!r}")) for c, v, k in verdicts if v != "G"]
+    if bad:
+        commit, key, reason = bad[-1]  # newest first: the last is the oldest
+        raise CommitRefused(Refusal(commit, key, reason, len(bad) - 1))
+    with _VERIFIED_LOCK:
+        for commit in unknown:
+            _VERIFIED[(digest, commit)] = None
+        while len(_VERIFIED) > _MEMO:
+            _VERIFIED.popitem(last=False)
+    return len(unknown)
+
+
+def forget_verified() -> None:
+    """Empty the memo of commits that passed (benchmarks measure the first check)."""
+    with _VERIFIED_LOCK:
+        _VERIFIED.clear()
+
+
+def _check(commands: GitCommands, policy: SignaturePolicy, commits: list[str]) -> list[Verdict]:
+    """git's verdict on each of ``commits``, in their order."""
+    verdicts: list[Verdict] = []
+    if not commits:
+        return verdicts
     with tempfile.TemporaryDirectory(prefix="kaylee-sync-verify-") as scratch:
         env = _environment(policy, Path(scratch))
-        out = commands.run("log", f"--format={_FORMAT}", *revisions, "--", env=env)
-        verdicts = _parse(out)
-        if head not in {c for c, _, _ in verdicts}:  # head is an ancestor of base: a reset
-            one = commands.run("log", "-1", f"--format={_FORMAT}", head, "--", env=env)
-            verdicts += _parse(one)
-    bad = [
-        (c, key, _REASONS.get(v, f"unknown verdict {v!r}")) for c, v, key in verdicts if v != "G"
-    ]
-    if bad:
-        commit, key, reason = bad[-1]  # git log lists newest first: report the oldest
-        raise CommitRefused(Refusal(commit, key, reason, len(bad) - 1))
-    return len(verdicts)
+        for i in range(0, len(commits), _CHUNK):
+            chunk = commits[i : i + _CHUNK]
+            out = commands.run(
+                "log", "--no-walk=unsorted", f"--format={_FORMAT}", *chunk, "--", env=env
+            )
+            verdicts += _parse(out)
+    return verdicts
 
 
-def _parse(out: str) -> list[tuple[str, str, str]]:
+def _key_digest(policy: SignaturePolicy) -> str:
+    """A digest of the key files' contents: a verdict holds only for the keys it was made
+    with, so removing a key takes effect at the next check."""
+    digest = hashlib.sha256()
+    for flag, path in (
+        ("--allowed-signers", policy.allowed_signers),
+        ("--gpg-keyring", policy.gpg_keyring),
+    ):
+        try:
+            digest.update(path.read_bytes() if path is not None else b"")
+        except OSError as exc:
+            raise SourceError(f"cannot read {flag} {path}: {exc.strerror}") from exc
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _parse(out: str) -> list[Verdict]:
     """``(commit, verdict, key)`` per commit of ``git log --format=_FORMAT``."""
     fields = [f.strip() for f in out.split("\0")]
     return [(fields[i], fields[i + 1], fields[i + 2]) for i in range(0, len(fields) - 2, 3)]
