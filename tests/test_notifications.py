@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -54,8 +56,12 @@ def source(repo: GitRepo) -> Iterator[GitSource]:
         yield opened
 
 
-def notifier(url: str, capacity: int = 1000, secret: str | None = SECRET) -> Feedback:
-    outbox = OutboxSettings(capacity=capacity, backoff=0.01, max_backoff=0.05)
+def notifier(
+    url: str, capacity: int = 1000, secret: str | None = SECRET, attempts: int = 12
+) -> Feedback:
+    outbox = OutboxSettings(
+        capacity=capacity, backoff=0.01, max_backoff=0.05, max_attempts=attempts
+    )
     webhook = WebhookSettings(url=url + "/hook", cluster="prod-eu", secret=secret)
     return Feedback(FeedbackSettings(webhook=webhook, webhook_outbox=outbox))
 
@@ -241,3 +247,26 @@ def test_the_daemon_notifies_an_invalid_file_without_waiting_for_the_receiver(
         thread.join(15)
     assert phases([post]) == [("invalid-file", "web")]
     assert post.json()["cluster"] == "lab"
+
+
+NOTIFY_TRIALS = int(os.environ.get("NOTIFY_TRIALS", "5"))
+
+
+@pytest.mark.parametrize("seed", range(NOTIFY_TRIALS))
+def test_a_flaky_receiver_gets_every_notification_once_and_in_order(
+    seed: int, recorder: Recorder
+) -> None:
+    """Trial: random 5xx/429 answers; every event lands (2xx) exactly once, in order."""
+    rng = random.Random(seed)
+    recorder.answers.extend(rng.choice([201, 201, 500, 502, 503, 429]) for _ in range(60))
+    feedback = notifier(recorder.url, attempts=100)  # 60 failures at most: never given up
+    events = 20
+    try:
+        for i in range(events):
+            feedback.sync_result(f"{i:040x}", ok=False, error=f"failure {i}", stage="etcd")
+        delivered(feedback, events)
+    finally:
+        feedback.close()
+    landed = [p.json() for p in recorder.answered() if p.answered < 300]
+    assert [d["reason"] for d in landed] == [f"failure {i}" for i in range(events)]
+    assert len({d["delivery"] for d in landed}) == events
