@@ -10,14 +10,11 @@ cluster's own context, with the token in a header and nowhere else.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
-from kaylee_sync.election import ElectionSettings
 from kaylee_sync.feedback import Feedback, FeedbackSettings, OutboxSettings, StatusSettings
 from kaylee_sync.feedback.outbox import TokenBucket
 from kaylee_sync.fleet.etcd2 import Etcd2Client
@@ -32,6 +29,7 @@ from kaylee_sync.sync.syncer import Syncer, SyncResult
 from tests.gitrepo import GitRepo, unit_yaml
 from tests.httprecorder import Recorder, recording
 from tests.polling import wait_for
+from tests.test_gitops_daemon import running
 
 TOKEN = "ghp_status-token-5f1c9a"
 FAST_OUTBOX = OutboxSettings(backoff=0.01, max_backoff=0.05, rate=None)
@@ -265,32 +263,21 @@ def test_the_daemon_posts_synced_then_rolled_out_then_failed_for_a_unit_that_nev
     status = StatusSettings(
         provider="github", repo="org/units", cluster="lab", token=TOKEN, api_url=recorder.url
     )
-    settings = DaemonSettings(
-        interval=30.0,
-        listen=None,
-        election=ElectionSettings(lease_ttl=2, safety_margin=1.0),
-        scheduler=FAST,
-        feedback=FeedbackSettings(status=status, status_outbox=FAST_OUTBOX),
-    )
+    feedback = FeedbackSettings(status=status, status_outbox=FAST_OUTBOX)
     with SimulatedCluster(
         etcd_endpoint, fleet_prefix, machines=[{}, {}], engine_interval=0.1, agent_interval=0.1,
         behaviours={"*broken*": "never_start"}, default_start_delay=0.1,
     ) as cluster:  # fmt: skip
         assert cluster is not None
         fleet = RegistryDriver(Etcd2Client(etcd_endpoint), fleet_prefix)
-        daemon = Daemon(source, store, fleet, settings)
-        thread = threading.Thread(target=daemon.run, daemon=True)
-        thread.start()
         try:
-            recorder.wait_for(2, "synced and rolled out", timeout=30)
-            repo.write("units/web.yaml", unit_yaml("web", "example.com/broken:2"))
-            bad = repo.commit("an image that never starts")
-            daemon.queue.request("test")
-            posts = recorder.wait_for(4, "synced and failed", timeout=30)
+            with running(source, store, fleet, scheduler=FAST, feedback=feedback) as daemon:
+                recorder.wait_for(2, "synced and rolled out", timeout=30)
+                repo.write("units/web.yaml", unit_yaml("web", "example.com/broken:2"))
+                bad = repo.commit("an image that never starts")
+                daemon.queue.request("test")
+                posts = recorder.wait_for(4, "synced and failed", timeout=30)
         finally:
-            daemon.should_exit.set()
-            daemon.queue.request("stop")
-            thread.join(15)
             fleet.client.close()
     first = posts[0].path.rsplit("/", 1)[1]
     assert [(p.path.rsplit("/", 1)[1], p.json()["state"]) for p in posts] == [

@@ -13,14 +13,11 @@ import hmac
 import os
 import random
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
-from kaylee_sync.election import ElectionSettings
 from kaylee_sync.feedback import Feedback, FeedbackSettings, OutboxSettings, WebhookSettings
 from kaylee_sync.scheduler.decide import Decision
 from kaylee_sync.source import GitSource, SourceSettings
@@ -30,6 +27,7 @@ from kaylee_sync.sync.syncer import Syncer, SyncResult, SyncSettings
 from tests.gitrepo import GitRepo, unit_yaml
 from tests.httprecorder import Recorded, Recorder, recording
 from tests.polling import wait_for
+from tests.test_gitops_daemon import running
 
 SECRET = "notify-hmac-key-0b4e"
 BROKEN = "name: web\nreplicas: many\napps:\n  - image: example.com/web:2\n"
@@ -222,18 +220,10 @@ def test_the_daemon_notifies_an_invalid_file_without_waiting_for_the_receiver(
     recorder.hold()
     outbox = OutboxSettings(backoff=0.01, max_backoff=0.05)
     webhook = WebhookSettings(url=recorder.url, cluster="lab")
-    settings = DaemonSettings(
-        interval=30.0,
-        listen=None,
-        election=ElectionSettings(lease_ttl=2, safety_margin=1.0),
-        feedback=FeedbackSettings(webhook=webhook, webhook_outbox=outbox),
-    )
+    feedback = FeedbackSettings(webhook=webhook, webhook_outbox=outbox)
     repo.write("units/web.yaml", BROKEN)
     repo.commit("broken web")
-    daemon = Daemon(source, store, None, settings)
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    try:
+    with running(source, store, feedback=feedback) as daemon:
         wait_for(lambda: recorder.arrived == 1, 20, "the notification, held by the receiver")
         repo.write("units/db.yaml", unit_yaml("db"))
         repo.commit("add db")
@@ -241,10 +231,6 @@ def test_the_daemon_notifies_an_invalid_file_without_waiting_for_the_receiver(
         wait_for(lambda: store.get_unit("db"), 20, "db synced while the receiver holds")
         recorder.release()
         [post] = recorder.wait_for(1)
-    finally:
-        daemon.should_exit.set()
-        daemon.queue.request("stop")
-        thread.join(15)
     assert phases([post]) == [("invalid-file", "web")]
     assert post.json()["cluster"] == "lab"
 

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,6 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kaylee_sync.cli.sync import cli
-from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
-from kaylee_sync.election import ElectionSettings
 from kaylee_sync.errors import UsageError
 from kaylee_sync.source import GitSource, SourceSettings
 from kaylee_sync.source.signatures import CommitRefused, SignaturePolicy, verify_commits
@@ -33,6 +30,7 @@ from kaylee_sync.sync.status import read_status
 from kaylee_sync.sync.syncer import Syncer, SyncSettings
 from tests.gitrepo import GitRepo, unit_yaml
 from tests.polling import wait_for
+from tests.test_gitops_daemon import running
 
 
 @dataclass(frozen=True)
@@ -317,25 +315,15 @@ def test_the_daemon_reports_a_refused_commit_in_metrics_readiness_and_status(
     repo = GitRepo(tmp_path / "plain")
     repo.write("units/web.yaml", unit_yaml("web"))
     head = repo.commit("unsigned")
-    settings = DaemonSettings(
-        interval=30.0,
-        listen="127.0.0.1:0",
-        election=ElectionSettings(lease_ttl=2, safety_margin=1.0),
-        sync=SyncSettings(signatures=SignaturePolicy(allowed)),
-    )
-    with GitSource(SourceSettings(repo=str(repo.path), path="units")) as source:
-        daemon = Daemon(source, store, None, settings)
-        thread = threading.Thread(target=daemon.run, daemon=True)
-        thread.start()
-        try:
-            wait_for(lambda: daemon.last_result, 20, "the first sync")
-            assert daemon.http is not None
-            ready = httpx.get(daemon.http.url + "/readyz", timeout=5)
-            metrics = httpx.get(daemon.http.url + "/metrics", timeout=5).text
-        finally:
-            daemon.should_exit.set()
-            daemon.queue.request("stop")
-            thread.join(15)
+    sync = SyncSettings(signatures=SignaturePolicy(allowed))
+    with (
+        GitSource(SourceSettings(repo=str(repo.path), path="units")) as source,
+        running(source, store, listen="127.0.0.1:0", sync=sync) as daemon,
+    ):
+        wait_for(lambda: daemon.last_result, 20, "the first sync")
+        assert daemon.http is not None
+        ready = httpx.get(daemon.http.url + "/readyz", timeout=5)
+        metrics = httpx.get(daemon.http.url + "/metrics", timeout=5).text
     assert 'kaylee_sync_errors_total{stage="signature"} 1.0' in metrics
     assert ready.status_code == 503 and f"{head[:12]}: no signature (key: none)" in ready.text
     assert snapshot(store) == {}

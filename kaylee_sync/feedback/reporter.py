@@ -21,6 +21,7 @@ loop and the scheduler a few dictionary operations, whatever the receivers do.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -82,6 +83,8 @@ class Feedback:
         self._failure: tuple[str, ...] = ()  # the failure last reported
         self._complaints: set[tuple[str, ...]] = set()  # the problems of the last success
         self._expired: frozenset[str] = frozenset()
+        # sync_result comes from the sync loop, rollout from the scheduler's thread
+        self._lock = threading.Lock()
 
     # -- the two facts ---------------------------------------------------------------------
 
@@ -89,6 +92,29 @@ class Feedback:
         self, commit: str, *, ok: bool, error: str = "", stage: str = "", plan: Plan | None = None
     ) -> None:
         """One sync attempt's outcome (call it only as leader, not for a deposed attempt)."""
+        with self._lock:
+            self._sync_result(commit, ok, error, stage, plan)
+
+    def rollout(self, decisions: Iterable[UnitDecision]) -> None:
+        """The scheduler's decisions of one complete pass as leader."""
+        with self._lock:
+            self._rollout(list(decisions))
+
+    def became_leader(self) -> None:
+        """Forget the phases seen in an earlier term: the first pass is a new baseline."""
+        with self._lock:
+            self._phases = None
+
+    def close(self, drain: float = 5.0) -> None:
+        for sink in (self.statuses, self.webhook):
+            if sink is not None:
+                sink.outbox.close(drain)
+
+    # -- judgements ------------------------------------------------------------------------
+
+    def _sync_result(
+        self, commit: str, ok: bool, error: str, stage: str, plan: Plan | None
+    ) -> None:
         if not ok:
             refused = stage == "signature"
             phase = "commit-refused" if refused else "sync-failed"
@@ -132,8 +158,7 @@ class Feedback:
                 self._status(commit, CommitState.ROLLED_OUT, "in etcd; no unit to roll out")
         self._synced = commit
 
-    def rollout(self, decisions: Iterable[UnitDecision]) -> None:
-        """The scheduler's decisions of one complete pass as leader."""
+    def _rollout(self, decisions: list[UnitDecision]) -> None:
         phases = {d.unit: d.phase for d in decisions}
         hashes = {d.unit: d.hash6 for d in decisions}
         if self._phases is not None:
@@ -144,17 +169,6 @@ class Feedback:
                 self._steady_hash[unit] = hashes[unit]
         self._phases = phases
         self._judge_commit(phases, hashes)
-
-    def became_leader(self) -> None:
-        """Forget the phases seen in an earlier term: the first pass is a new baseline."""
-        self._phases = None
-
-    def close(self, drain: float = 5.0) -> None:
-        for sink in (self.statuses, self.webhook):
-            if sink is not None:
-                sink.outbox.close(drain)
-
-    # -- judgements ------------------------------------------------------------------------
 
     def _unit_moved(self, unit: str, old: str | None, new: str, hash6: str) -> None:
         commit = self._synced
