@@ -14,7 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from kaylee_sync.cli.sync import cli
+from kaylee_sync.cli.trustopts import feedback_settings_from
 from kaylee_sync.feedback import Feedback, FeedbackSettings, OutboxSettings, StatusSettings
 from kaylee_sync.feedback.outbox import TokenBucket
 from kaylee_sync.fleet.etcd2 import Etcd2Client
@@ -288,3 +291,67 @@ def test_the_daemon_posts_synced_then_rolled_out_then_failed_for_a_unit_that_nev
     ]
     assert {p.json()["context"] for p in posts} == {"kaylee/lab"}
     assert len(recorder.answered()) == 4
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def test_once_posts_the_commit_status_from_the_command_line(
+    repo: GitRepo, recorder: Recorder, etcd_args: list[str], tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    result = CliRunner().invoke(
+        cli,
+        ["--repo", str(repo.path), "--path", "units", *etcd_args, "--once", "--no-scheduler",
+         "--listen", "", "--cluster-name", "ci", "--commit-status", "github",
+         "--commit-status-url", recorder.url, "--commit-status-repo", "org/units",
+         "--commit-status-token-file", str(token_file)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [post] = recorder.answered()  # --once waits for its statuses before it exits
+    assert post.path == f"/repos/org/units/statuses/{repo.head()}"
+    assert post.json()["context"] == "kaylee/ci"
+    assert post.headers["authorization"] == f"Bearer {TOKEN}"
+    assert TOKEN not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--commit-status", "github"], "--commit-status needs --cluster-name"),
+        (["--notify-url", "http://127.0.0.1:9/x"], "--notify-url needs --cluster-name"),
+        (["--cluster-name", "c", "--commit-status", "github"],
+         "--commit-status needs --commit-status-token-file"),
+        (["--cluster-name", "c", "--notify-url", "ftp://x"], "expected an http(s) URL"),
+    ],
+)  # fmt: skip
+def test_feedback_flags_are_checked_with_one_line_errors(
+    repo: GitRepo, etcd_args: list[str], args: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(
+        cli, ["--repo", str(repo.path), *etcd_args, "--once", "--listen", "", *args]
+    )
+    assert result.exit_code == 1 and message in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("https://github.com/org/units.git", "org/units"),
+        ("https://user:secret@gitlab.example.com/group/sub/units", "group/sub/units"),
+        ("git@github.com:org/units.git", "org/units"),
+        ("ssh://git@gitea.example.com:2222/org/units.git", "org/units"),
+    ],
+)
+def test_the_host_repository_is_taken_from_the_repo_url(
+    url: str, path: str, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("t")
+    settings = feedback_settings_from(
+        {"repo": url, "cluster_name": "c", "commit_status": "github",
+         "commit_status_token_file": token}
+    )  # fmt: skip
+    assert settings.status is not None and settings.status.repo == path

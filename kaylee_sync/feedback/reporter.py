@@ -121,7 +121,7 @@ class Feedback:
             failure = (phase, commit, error)
             if failure != self._failure:  # the same failure at every poll: reported once
                 self._failure = failure
-                self._send(Event(phase, error, commit=commit, to_commit=commit))
+                self._send(Event(phase, error, "", commit, self._synced, commit))
             state = CommitState.FAILED if refused else CommitState.PENDING
             self._status(commit, state, error if refused else f"not synced yet: {error}")
             return
