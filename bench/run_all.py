@@ -18,6 +18,7 @@ from bench import (
     repo_sync,
     rolling_update,
     scheduler_idle,
+    signature_check,
     slow_clients,
 )
 from bench.common import Measurement, parser, progress, report
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "rolling_update": (rolling_update.configure, rolling_update.run),
     "daemon_rss": (daemon_rss.configure, daemon_rss.run),
     "slow_clients": (slow_clients.configure, slow_clients.run),
+    "signature_check": (signature_check.configure, signature_check.run),
 }
 
 

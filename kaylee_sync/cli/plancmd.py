@@ -26,6 +26,7 @@ from kaylee_sync.cli.common import (
     unit_prefix_option,
 )
 from kaylee_sync.cli.gitopts import source_options, source_settings_from
+from kaylee_sync.cli.trustopts import signature_options, signature_policy_from
 from kaylee_sync.cli.values import NewFile
 from kaylee_sync.election import lead_once, make_identity
 from kaylee_sync.errors import UsageError
@@ -38,6 +39,7 @@ from kaylee_sync.plan.output_text import render_text
 from kaylee_sync.plan.prune import DEFAULT_MAX_PRUNE, DEFAULT_MAX_PRUNE_PERCENT
 from kaylee_sync.plan.summary import plan_exit_code, prune_lines
 from kaylee_sync.source import GitSource
+from kaylee_sync.source.signatures import verify_commits
 from kaylee_sync.store import Compare, Store, keys
 from kaylee_sync.sync.actual import read_actual
 from kaylee_sync.sync.apply import apply_plan
@@ -111,6 +113,7 @@ def _color(fmt: str) -> bool:
 
 @click.command()
 @source_options
+@signature_options
 @etcd_options
 @prune_options()
 @click.option("--ref", help="Commit, branch or tag to plan [default: the branch head].")
@@ -147,13 +150,24 @@ def plan(**params: Any) -> None:
     with GitSource(source_settings_from(params, params["unit_prefix"])) as source:
         if source.local_path is None and not params["no_fetch"]:
             source.fetch()
-        settings = SyncSettings(**prune_settings(params), unit_prefix=params["unit_prefix"])
+        settings = SyncSettings(
+            **prune_settings(params),
+            unit_prefix=params["unit_prefix"],
+            signatures=signature_policy_from(params),
+        )
+        if settings.signatures is not None and params["worktree"]:
+            raise UsageError("--verify-signatures cannot check uncommitted files (--worktree)")
         if params["against"]:
             result = _plan_against(source, params, settings)
         else:
             with Store(etcd_settings_from(params)) as store:
                 syncer = Syncer(source, store, settings)
-                result = syncer.plan(syncer.desired(params["ref"], worktree=params["worktree"]))
+                desired = syncer.desired(params["ref"], worktree=params["worktree"])
+                actual = read_actual(store)
+                if settings.signatures is not None:  # issue 15: as a sync would refuse it
+                    base = actual.inventory.commit if actual.inventory is not None else None
+                    verify_commits(source.git_commands(), settings.signatures, base, desired.commit)
+                result = syncer.plan(desired, actual)
     _emit(result, params)
     sys.exit(plan_exit_code(result))
 
@@ -167,6 +181,8 @@ def _plan_against(source: GitSource, params: dict[str, Any], settings: SyncSetti
         if params["worktree"]
         else source.desired(source.resolve(params["ref"]))
     )
+    if settings.signatures is not None:  # issue 15: what --against lacks must be signed
+        verify_commits(source.git_commands(), settings.signatures, base_commit, head.commit)
     return make_plan(
         head,
         actual_from_desired(base, label),
@@ -197,6 +213,7 @@ def _emit(result: Plan, params: dict[str, Any]) -> None:
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @source_options
+@signature_options
 @etcd_options
 @click.option("--no-fetch", is_flag=True, help="Do not fetch a remote first.")
 def apply(file: Path, **params: Any) -> None:
@@ -236,6 +253,12 @@ def apply(file: Path, **params: Any) -> None:
                 f"{file}: {ref or source.branch} moved from {short_commit(saved.desired.commit)} "
                 f"to {short_commit(commit)} since the plan was made; run plan again"
             )
+        policy = signature_policy_from(params)
+        if policy is not None:  # issue 15; the state_index check below covers a race
+            with Store(etcd_settings_from(params)) as store:
+                inventory = read_actual(store).inventory
+            base = inventory.commit if inventory is not None else None
+            verify_commits(source.git_commands(), policy, base, commit)
     identity = make_identity()
     with Store(etcd_settings_from(params)) as store, lead_once(store, identity, 30):
         actual = read_actual(store)

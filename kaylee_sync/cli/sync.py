@@ -32,6 +32,7 @@ from kaylee_sync.cli.opscmd import resume, status, suspend
 from kaylee_sync.cli.plancmd import apply, plan
 from kaylee_sync.cli.shipped import systemd_unit
 from kaylee_sync.cli.synccmd import sync
+from kaylee_sync.cli.trustopts import feedback_options, signature_options
 from kaylee_sync.render import check_renderable, render_units
 from kaylee_sync.source.localfile import load_unit_file
 from kaylee_sync.spec import spec_hash, to_json
@@ -46,6 +47,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 @fleet_options
 @scheduler_options
 @daemon_options
+@signature_options
+@feedback_options
 @click.pass_context
 def cli(ctx: click.Context, /, **params: Any) -> None:
     """GitOps for CoreOS fleet: unit files in Git become fleet units.

@@ -29,6 +29,7 @@ from kaylee_sync.daemon.requests import SyncRequests
 from kaylee_sync.daemon.service import Service, ServiceSettings
 from kaylee_sync.daemon.triggers import Triggers
 from kaylee_sync.errors import KayleeError
+from kaylee_sync.feedback import Feedback, FeedbackSettings
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.source import GitSource, redact
 from kaylee_sync.store import Store
@@ -56,6 +57,8 @@ class DaemonSettings(ServiceSettings):
     webhook_secret: str | None = field(default=None, repr=False)
     """Shared secret of POST /hooks/git (GitHub HMAC or GitLab token); None: endpoint off."""
     sync: SyncSettings = field(default_factory=SyncSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    """Commit statuses and notifications (issue 15); by default none."""
 
 
 class Daemon(Service):
@@ -72,6 +75,9 @@ class Daemon(Service):
         super().__init__(store, fleet, settings, identity, webhook_secret=settings.webhook_secret)
         self.settings: DaemonSettings = settings
         self.source = source
+        self.feedback = Feedback(settings.feedback)  # commit statuses, notifications
+        if self.scheduler is not None:
+            self.scheduler.feedback = self.feedback  # rollout states
         self.syncer = Syncer(
             source, store, settings.sync, identity=self.identity, is_leader=self.is_leader
         )
@@ -116,10 +122,15 @@ class Daemon(Service):
 
     def elected(self) -> None:
         self.last_result = None  # ready again only after this term's first sync
+        self.feedback.became_leader()
         self.queue.request("leader")
 
     def lost(self) -> None:
         pass  # the worker sees is_leader() turn false; the status follows the next sync
+
+    def _shutdown(self) -> None:
+        super()._shutdown()
+        self.feedback.close()  # after resigning: a few seconds to deliver what is queued
 
     def ready(self) -> tuple[bool, str]:
         if (problem := self.etcd_problem()) is not None:
@@ -166,6 +177,9 @@ class Daemon(Service):
         if result.deposed:
             return  # a handover, not an error; the new leader syncs
         self.last_result = result
+        self.feedback.sync_result(  # feedback (issue 15): commit status and notifications
+            result.commit, ok=result.ok, error=result.error, stage=result.stage, plan=result.plan
+        )
         if result.ok:
             plan = result.plan
             self.metrics.observe_sync(

@@ -53,7 +53,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the lib
 #: counts of the last plan, by what it does to a unit
 UNIT_STATES = ("create", "update", "delete", "unchanged", "suspended", "invalid", "prune-refused")
 #: where an error happened
-ERROR_STAGES = ("git", "etcd", "fleet", "other")
+ERROR_STAGES = ("git", "etcd", "fleet", "signature", "other")
 #: how a sync ended: applied cleanly / applied, but some files were invalid or the prune
 #: guard refused deletions / nothing applied
 SYNC_RESULTS = ("ok", "partial", "error")

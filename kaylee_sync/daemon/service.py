@@ -44,6 +44,7 @@ from kaylee_sync.daemon.metrics import Metrics
 from kaylee_sync.daemon.notify import Notifier
 from kaylee_sync.daemon.triggers import SyncQueue
 from kaylee_sync.election import Election, ElectionSettings, make_identity
+from kaylee_sync.feedback import Feedback
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.decide import Decision
 from kaylee_sync.scheduler.runner import Scheduler, SchedulerSettings
@@ -103,6 +104,8 @@ class MeasuredScheduler(Scheduler):
     ) -> None:
         super().__init__(store, fleet, settings, is_leader=is_leader, **fencing)
         self.metrics = metrics
+        #: told of every complete pass's decisions (commit statuses, notifications)
+        self.feedback: Feedback | None = None
         self.term_passes = 0
 
     def became_leader(self) -> None:
@@ -117,6 +120,8 @@ class MeasuredScheduler(Scheduler):
             self.metrics.set_unit_phases(
                 {d.unit: d.phase.value for d in decisions if d.phase != "deleted"}
             )
+            if self.feedback is not None:
+                self.feedback.rollout(decisions)
             self.term_passes += 1
         return decisions
 

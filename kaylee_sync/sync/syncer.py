@@ -30,6 +30,7 @@ from kaylee_sync.plan.compute import make_plan, short_commit
 from kaylee_sync.plan.model import Action, ActualState, DesiredState, Plan, PruneHold
 from kaylee_sync.plan.prune import DEFAULT_MAX_PRUNE, DEFAULT_MAX_PRUNE_PERCENT, PruneLimits
 from kaylee_sync.source import GitSource, redact
+from kaylee_sync.source.signatures import SignaturePolicy, verify_commits
 from kaylee_sync.store import Store, keys
 from kaylee_sync.store.txn import Compare
 from kaylee_sync.sync.actual import read_actual
@@ -51,6 +52,8 @@ class SyncSettings:
     """Prefix of fleet unit names, for the plan's fleet-level effects."""
     batch: int = 64
     """Operations per etcd transaction (etcd allows 128 including compares)."""
+    signatures: SignaturePolicy | None = None
+    """Deploy only commits signed by allowed keys (issue 15); None: no check."""
 
     @property
     def prune(self) -> PruneLimits:
@@ -143,6 +146,11 @@ class Syncer:
             desired = self.source.desired(commit)
             stage = "etcd"
             actual = read_actual(self.store)
+            if self.settings.signatures is not None:  # issue 15: refuse before planning
+                stage = "signature"
+                base = actual.inventory.commit if actual.inventory is not None else None
+                verify_commits(self.source.git_commands(), self.settings.signatures, base, commit)
+                stage = "etcd"
             plan = self.plan(desired, actual)
             self._log_plan(plan, actual.prune_hold)
             if not self.is_leader():
