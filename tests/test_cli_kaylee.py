@@ -468,7 +468,8 @@ def test_run_override_writes_the_spec_suspends_sync_and_ls_shows_it(kaylee, stor
     assert "kaylee-sync resume countly" in result.output
     # One transaction: the suspension and the spec were written at the same revision, so
     # no sync could ever see the new spec unprotected.
-    assert store.get("sync/suspended/countly").mod_revision == store.get_unit("countly").mod_revision
+    suspended, unit = store.get("sync/suspended/countly"), store.get_unit("countly")
+    assert suspended.mod_revision == unit.mod_revision
 
     table = kaylee("ls", "--no-fleet")
     assert table.stdout.splitlines()[1].split()[:3] == ["countly", "(suspended)", "4"]

@@ -25,6 +25,7 @@ import click
 
 from kaylee_sync.cli.values import Seconds
 from kaylee_sync.errors import KayleeError
+from kaylee_sync.render import DEFAULT_UNIT_PREFIX
 from kaylee_sync.secrets import register_secret
 from kaylee_sync.settings import EtcdSettings
 
@@ -190,7 +191,11 @@ def etcd_options(func: F) -> F:
 def unit_prefix_option(help: str = "Prefix of the fleet unit names.") -> Callable[[F], F]:
     """``--unit-prefix``: one option, one variable, in every command that names fleet units."""
     return click.option(
-        "--unit-prefix", envvar="KAYLEE_UNIT_PREFIX", default="k2", show_default=True, help=help
+        "--unit-prefix",
+        envvar="KAYLEE_UNIT_PREFIX",
+        default=DEFAULT_UNIT_PREFIX,
+        show_default=True,
+        help=help,
     )
 
 

@@ -28,6 +28,7 @@ from kaylee_sync.daemon.logs import register_secret, setup_logging
 from kaylee_sync.election import lead_once, make_identity
 from kaylee_sync.errors import KayleeError
 from kaylee_sync.feedback import Feedback
+from kaylee_sync.fleet.model import DEFAULT_KEY_PREFIX
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.runner import Scheduler
 from kaylee_sync.source import GitSource
@@ -116,7 +117,7 @@ def _dev(params: dict[str, Any]) -> Iterator[dict[str, Any]]:
     with DevEnvironment() as env:
         params = {**params, "etcd_endpoints": env.endpoint, "fleet_driver": "etcd"}
         params["fleet_endpoints"] = None
-        params["fleet_prefix"] = "/_coreos.com/fleet/"
+        params["fleet_prefix"] = DEFAULT_KEY_PREFIX
         repo_args = f"--repo {shlex.quote(params['repo'])}"
         if params.get("unit_path"):
             repo_args += f" --path {shlex.quote(params['unit_path'])}"

@@ -16,14 +16,15 @@ from kaylee_sync.cli.common import unit_prefix_option
 from kaylee_sync.cli.values import Seconds
 from kaylee_sync.election import ElectionSettings
 from kaylee_sync.errors import UsageError
+from kaylee_sync.fleet.connect import DEFAULT_API_ENDPOINT, FleetSettings, connect
+from kaylee_sync.fleet.model import DEFAULT_KEY_PREFIX
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.runner import SchedulerSettings
 from kaylee_sync.settings import EtcdSettings, check_endpoint, with_scheme
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_FLEET_PREFIX = "/_coreos.com/fleet/"
-DEFAULT_API_ENDPOINT = "unix:///var/run/fleet.sock"
+DEFAULT_FLEET_PREFIX = DEFAULT_KEY_PREFIX
 #: ``--fleet-prefix``'s variables, wherever the option appears
 FLEET_PREFIX_VARS = ["KAYLEE_FLEET_PREFIX", "FLEETCTL_ETCD_KEY_PREFIX"]
 
@@ -47,7 +48,6 @@ def fleet_options(func: F) -> F:
         ),
         click.option(
             "--fleet-endpoints",
-            callback=_fleet_endpoints,
             envvar=["KAYLEE_FLEET_ENDPOINTS", "FLEETCTL_ENDPOINT"],
             help="etcd endpoints of fleet's registry (etcd driver); default: --etcd-endpoints.",
         ),
@@ -71,22 +71,6 @@ def fleet_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
-
-
-def _fleet_endpoints(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    """Checked as --etcd-endpoints are, at parse time: a bad URL is a one-line usage error
-    instead of a fleet client retrying it for seconds and failing deep in a sync."""
-    if value is None:
-        return None
-    urls = [part.strip() for part in value.split(",") if part.strip()]
-    try:
-        if not urls:
-            raise UsageError("no endpoint given")
-        for url in urls:  # scheme-less host:port is fleetctl's way; the scheme comes later
-            check_endpoint(with_scheme(url, tls=False), "fleet endpoint")
-        return ",".join(urls)
-    except UsageError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def _fleet_api_endpoint(ctx: click.Context, param: click.Parameter, value: str) -> Any:
@@ -161,25 +145,22 @@ def scheduler_settings_from(params: dict[str, Any]) -> tuple[SchedulerSettings, 
 
 
 def fleet_client(etcd: EtcdSettings, params: dict[str, Any]) -> FleetClient:
-    """The FleetClient that ``fleet_options`` describe (TLS and auth as for etcd v3)."""
-    if params["fleet_driver"] == "api":
-        from kaylee_sync.fleet.api import ApiDriver
+    """The FleetClient that ``fleet_options`` describe."""
+    return connect(fleet_settings_from(params), etcd)
 
-        return ApiDriver(params["fleet_endpoint"])
-    from kaylee_sync.fleet.etcd2 import Etcd2Client
-    from kaylee_sync.fleet.registry import RegistryDriver
 
-    tls = etcd.uses_tls_files
+def fleet_settings_from(params: dict[str, Any]) -> FleetSettings:
+    """The fleet options, checked once all are known: FLEETCTL_ENDPOINT fills both
+    endpoint options, and is only an etcd endpoint when the driver is ``etcd``."""
     given = params["fleet_endpoints"] or ""
-    endpoints = ",".join(with_scheme(e.strip(), tls) for e in given.split(",") if e.strip())
-    endpoints = endpoints or ",".join(etcd.endpoints)
-    client = Etcd2Client(
-        endpoints,
-        ca_cert=etcd.ca_file,
-        cert=etcd.cert_file,
-        key=etcd.key_file,
-        username=etcd.username,
-        password=etcd.password,
-        timeout=etcd.timeout,
+    endpoints = tuple(e.strip() for e in given.split(",") if e.strip())
+    driver = params["fleet_driver"].lower()
+    if driver == "etcd":
+        for url in endpoints:  # scheme-less host:port is fleetctl's way (http or https)
+            check_endpoint(with_scheme(url, tls=False), "fleet endpoint")
+    return FleetSettings(
+        driver=driver,
+        endpoints=endpoints,
+        api_endpoint=params["fleet_endpoint"],
+        key_prefix=params["fleet_prefix"],
     )
-    return RegistryDriver(client, params["fleet_prefix"])

@@ -17,6 +17,7 @@ import click
 
 from kaylee_sync.cli.values import Directory
 from kaylee_sync.errors import UsageError
+from kaylee_sync.render import DEFAULT_UNIT_PREFIX
 from kaylee_sync.source import GitCredentials, SourceSettings
 from kaylee_sync.source.credentials import register_secret, split_url_credentials
 
@@ -143,7 +144,9 @@ def source_options(func: F) -> F:
     return func
 
 
-def source_settings_from(params: dict[str, Any], unit_prefix: str = "k2") -> SourceSettings:
+def source_settings_from(
+    params: dict[str, Any], unit_prefix: str = DEFAULT_UNIT_PREFIX
+) -> SourceSettings:
     repo = params.get("repo")
     if not repo:
         raise UsageError("no repository given: use --repo URL|PATH (or set KAYLEE_REPO)")

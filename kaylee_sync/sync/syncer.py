@@ -29,6 +29,7 @@ from kaylee_sync.gcpause import collector_paused
 from kaylee_sync.plan.compute import make_plan, short_commit
 from kaylee_sync.plan.model import Action, ActualState, DesiredState, Plan, PruneHold
 from kaylee_sync.plan.prune import DEFAULT_MAX_PRUNE, DEFAULT_MAX_PRUNE_PERCENT, PruneLimits
+from kaylee_sync.render import DEFAULT_UNIT_PREFIX
 from kaylee_sync.source import GitSource, redact
 from kaylee_sync.source.signatures import SignaturePolicy, verify_commits
 from kaylee_sync.store import Store, keys
@@ -48,7 +49,7 @@ class SyncSettings:
     """... or more than this share of them, but at least one (None: no limit)."""
     allow_prune_all: bool = False
     """``--allow-prune``: lift the prune guard and release a refusal it holds."""
-    unit_prefix: str = "k2"
+    unit_prefix: str = DEFAULT_UNIT_PREFIX
     """Prefix of fleet unit names, for the plan's fleet-level effects."""
     batch: int = 64
     """Operations per etcd transaction (etcd allows 128 including compares)."""
