@@ -29,7 +29,9 @@ from click.testing import CliRunner, Result
 
 from kaylee_sync.cli.kaylee import cli as kaylee_cli
 from kaylee_sync.cli.sync import cli as sync_cli
+from kaylee_sync.errors import StoreError
 from kaylee_sync.store import Store
+from kaylee_sync.sync.inventory import decode_inventory
 from tests.gitrepo import GitRepo, unit_yaml
 
 INTERNAL_ERROR = 70
@@ -37,7 +39,10 @@ PROGRAMS: dict[str, click.Group] = {"kaylee-sync": sync_cli, "kaylee": kaylee_cl
 # Keys that report rather than hold state: a refused sync still records its attempt, and
 # commands that lead for a moment (apply, --once) hold the master lease while they run,
 # and the scheduler pass of --once records the progress of the rollouts it looked at.
-REPORT_KEYS = ("master", "sync/status", "scheduler/rollouts/")
+# A refused prune is recorded, not an error to hide: its hold (sync/prune-hold) is what keeps
+# the units, and the inventory may record the refused commit as long as it still owns every
+# unit (compared by the units it lists, below).
+REPORT_KEYS = ("master", "sync/status", "scheduler/rollouts/", "sync/prune-hold")
 # No case may take this long: a read of /dev/zero or a wait on a huge timeout would.
 CASE_SECONDS = 60
 
@@ -163,6 +168,12 @@ def baseline(world: World, cmd: Command) -> tuple[list[str], dict[str, str]]:
         "kaylee-sync suspend": (["web"], {**etcd, "--reason": "fuzz"}),
         "kaylee-sync resume": (["web"], etcd),
         "kaylee-sync status": ([], etcd),
+        "kaylee-sync sync": ([], etcd),
+        "kaylee-sync import-v2": (
+            [str(world.workdir / "imported")],
+            {"--from": world.etcd[1], "--prefix": world.prefix + "/v2"},
+        ),
+        "kaylee-sync systemd-unit": ([], {}),
         "kaylee": ([], etcd),
         "kaylee run": ([str(world.unit_file)], fleet),
         "kaylee ls": ([], fleet),
@@ -231,9 +242,21 @@ def case_count(*, env: bool) -> int:
 def snapshot(world: World) -> tuple[object, ...]:
     """Everything a refused command must leave alone: its etcd keys and the work dir."""
     everything = world.store.get_prefix("")
-    stored = tuple((s.key, s.value) for s in everything if not s.key.startswith(REPORT_KEYS))
+    stored = tuple(
+        (s.key, owned(s.value) if s.key.endswith("sync/inventory") else s.value)
+        for s in everything
+        if not s.key.startswith(REPORT_KEYS)
+    )
     files = tuple(sorted(str(p.relative_to(world.workdir)) for p in world.workdir.rglob("*")))
     return stored, files
+
+
+def owned(inventory: bytes) -> object:
+    """What an inventory means for safety: the units Git owns (not which commit it names)."""
+    try:
+        return sorted(decode_inventory(inventory, "sync/inventory").units)
+    except StoreError:
+        return inventory
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")

@@ -23,7 +23,7 @@ from kaylee_sync.errors import FleetError, KayleeError, SpecError, UsageError
 from kaylee_sync.fleet.etcd2 import Etcd2Client
 from kaylee_sync.fleet.registry import RegistryDriver
 from kaylee_sync.render import parse_unit_name
-from kaylee_sync.settings import with_scheme
+from kaylee_sync.settings import check_endpoint, with_scheme
 from kaylee_sync.source.localfile import load_unit_file
 from kaylee_sync.spec import parse_stored, spec_hash6, spec_to_dict, to_json
 
@@ -65,7 +65,13 @@ def import_v2(
       kaylee-sync import-v2 --from https://etcd1:2379 units/
       kaylee-sync validate units/ && git add units && git commit -m "units from Kaylee"
     """
-    endpoints = [with_scheme(e.strip(), False) for e in source.split(",") if e.strip()]
+    endpoints = [
+        check_endpoint(with_scheme(e.strip(), False), "--from endpoint")
+        for e in source.split(",")
+        if e.strip()
+    ]
+    if not endpoints:
+        raise UsageError("--from: no etcd endpoint given (e.g. http://127.0.0.1:2379)")
     with Etcd2Client(endpoints) as client:
         root = client.get(f"{prefix.rstrip('/')}/units", recursive=True, sorted=True)
         if root is None:

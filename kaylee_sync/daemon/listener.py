@@ -144,8 +144,9 @@ class Listener:
         self.sock = sock
         self.handler = handler
         self.limits = limits
-        self._loop = asyncio.new_event_loop()
-        self._loop.set_exception_handler(self._loop_error)
+        # Made in start(): a listener bound but never started (a daemon whose start-up
+        # failed after the port was checked) then leaves no loop and no self-pipe behind.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
         self._thread: threading.Thread | None = None
         # every accepted connection (its writer once its task has one), and, in age
@@ -157,20 +158,22 @@ class Listener:
         self._trouble = _Report("HTTP listener")
 
     def start(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(self._loop_error)
         self._thread = threading.Thread(target=self._run, name="kaylee-http")
         self._thread.start()
 
     def stop(self) -> None:
         """Stop accepting, drop connections still waiting for a request, let answers in
         flight finish (bounded by the deadline), and join the thread."""
+        if self._loop is None:  # never started
+            self.sock.close()
+            return
         if self._loop.is_closed():
             return
         self._loop.call_soon_threadsafe(self._stopping.set)
         if self._thread is not None:
             self._thread.join()
-        else:
-            self._loop.close()
-            self.sock.close()
 
     @property
     def open_connections(self) -> int:
@@ -179,13 +182,15 @@ class Listener:
     # -- the loop --------------------------------------------------------------------------
 
     def _run(self) -> None:
+        loop = self._loop
+        assert loop is not None  # set by start()
         try:
-            self._loop.run_until_complete(self._serve())
+            loop.run_until_complete(self._serve())
         except Exception:  # a bug here must not pass silently, nor kill the daemon
             log.exception("the HTTP listener stopped")
         finally:
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
             self.sock.close()
 
     async def _serve(self) -> None:
