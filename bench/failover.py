@@ -74,6 +74,7 @@ class Servers:
         args = [
             kaylee(), "--etcd-endpoints", self.endpoint, "server",
             "--lease-ttl", str(self.lease_ttl), "--resync", "600", "--stable", "1",
+            "--listen", "",  # two servers on one host: no probes needed here
         ]  # fmt: skip
         with open(log, "wb") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)

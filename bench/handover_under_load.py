@@ -47,6 +47,7 @@ def one_stop(endpoint: str, store: Store, fleet: Etcd2Client, logs: Path, args: 
     fleet.delete(FLEET_PREFIX.rstrip("/"), recursive=True)
     log = logs / f"server-{time.monotonic_ns()}.log"
     cmd = [kaylee(), "--etcd-endpoints", endpoint, "server", "--resync", "600", "--stable", "1"]
+    cmd += ["--listen", ""]  # no probes needed, and no clash with another server here
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -238,6 +238,7 @@ class Cluster:
             kaylee(), "--etcd-endpoints", self.etcd, "--etcd-prefix", self.prefix,
             "--etcd-timeout", "2", "server", *fleet, "--fleet-prefix", self.fleet_prefix,
             "--lease-ttl", str(LEASE_TTL), "--stable", "0.5", "--resync", "2", "-v",
+            "--listen", "",  # several servers on one host: no probes needed here
         ]  # fmt: skip
         log = self.logs / f"{self.prefix.split('/')[1]}-server{len(self.servers)}.log"
         with open(log, "ab") as out:

@@ -70,7 +70,7 @@ class Fleet:
         args = [
             kaylee(), "--etcd-endpoints", self.endpoint, "--etcd-prefix", self.prefix,
             "server", "--fleet-prefix", self.prefix + "/fleet/", "--lease-ttl", "3",
-            "--stable", "0.5", "--resync", "2",
+            "--stable", "0.5", "--resync", "2", "--listen", "",
         ]  # fmt: skip
         log = self.logs / f"server{len(self.servers)}.log"
         with open(log, "ab") as out:

@@ -190,9 +190,13 @@ def test_a_force_push_of_an_unrelated_history_is_held_through_the_daemons_polls(
         now = snapshot(store)
         assert {n: now[n] for n in NAMES} == before and set(others) <= now.keys()
 
-        with running(source, store, interval=0.1, sync=SyncSettings(allow_prune_all=True)):
-            wait_for(lambda: sorted(store.unit_names()) == others, 30, "the explicit release")
-        assert store.get(keys.PRUNE_HOLD) is None
+    # A restarted daemon (a stopped daemon's source refuses to fetch again) with the override.
+    with (
+        GitSource(settings) as source,
+        running(source, store, interval=0.1, sync=SyncSettings(allow_prune_all=True)),
+    ):
+        wait_for(lambda: sorted(store.unit_names()) == others, 30, "the explicit release")
+    assert store.get(keys.PRUNE_HOLD) is None
 
 
 # -- the baseline does not grow, and a passing commit releases -------------------------
