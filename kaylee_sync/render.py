@@ -135,6 +135,11 @@ def parse_unit_name(name: str, prefix: str = "k2") -> UnitName | None:
     )
 
 
+def kaylee_id(unit_name: str) -> str:
+    """The instance id a fleet unit's container sees as ``KAYLEE_ID`` (kaylee-spec.md)."""
+    return _NOT_ID_CHAR.sub("_", unit_name).removesuffix(".service")
+
+
 def slot_ids(unit: str, hash6: str, count: int) -> tuple[str, ...]:
     """``count`` distinct 6-hex slot ids, derived from the unit name and spec hash.
 
@@ -194,7 +199,7 @@ def render_options(
 def _options(spec: UnitSpec, unit_name: str, conflicts: Sequence[str]) -> list[_Option]:
     """``render_options`` as (section, name, value) triples, cheaper to build than
     ``UnitOption``s: the load-time line check needs only the text (``render_issues``)."""
-    unit_id = _NOT_ID_CHAR.sub("_", unit_name).removesuffix(".service")
+    unit_id = kaylee_id(unit_name)
     uuid_file = f"/var/run/kaylee_{unit_id}"
     options: list[_Option] = []
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from etcd3.utils import prefix_range_end
 
-from kaylee_sync.errors import ConflictError, StoreError
+from kaylee_sync.errors import ConflictError, StoreError, UsageError
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.store import keys
 from kaylee_sync.store.connection import Connection
@@ -140,6 +140,20 @@ class Store:
             lambda c: c.get_prefix_response(start, sort_order="ascend", sort_target="key"),
         )
         return [self._stored(kv) for kv in response.kvs]
+
+    def keys_outside(self, absolute_prefix: str) -> set[str]:
+        """The keys under an absolute prefix *outside* the kaylee keyspace (keys only).
+
+        For health checks' presence keys (``/services/web/<id>``), which the services
+        write wherever they like; reading them is all kaylee-sync ever does there.
+        """
+        if not absolute_prefix.startswith("/"):
+            raise UsageError(f"key prefix {absolute_prefix!r} must be absolute")
+        response = self._conn.call(
+            f"read {absolute_prefix}",
+            lambda c: c.get_prefix_response(absolute_prefix, keys_only=True),
+        )
+        return {bytes(kv.key).decode("utf-8", errors="replace") for kv in response.kvs}
 
     def put(self, key: str, value: str | bytes, lease: int | None = None) -> int:
         """Write ``key`` (optionally bound to a lease); returns the revision of the write."""
