@@ -11,7 +11,8 @@ say whether the connection can be used again. A body of ``Content-Length`` up to
 is read and dropped (the connection is kept); anything else (chunked, unknown length,
 ``Connection: close``, HTTP/1.0) closes the connection after the status is known.
 
-Errors are :class:`ProbeFailed` with a one-line reason; no other exception escapes.
+Failures are reported as a one-line reason (``ProbeFailed`` from ``status``); no other
+exception escapes.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 MAX_HEAD = 16 * 1024  # a status line and headers longer than this are not a health answer
 MAX_BODY = 64 * 1024  # bodies up to this are read to keep the connection; longer: closed
-MAX_IDLE = 2  # idle connections kept per endpoint
+MAX_IDLE = 8  # idle connections kept per endpoint (checks of one machine overlap little)
 
 
 class ProbeFailed(Exception):
@@ -61,15 +62,22 @@ def _parse(url: str) -> _Url:
     return _Url(parts.scheme, parts.hostname, port or default, request)
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection; answers one request at a time."""
+#: what a check reports: the status (0 when there is none) and, if none, why
+Done = Callable[[int, str], None]
 
-    def __init__(self) -> None:
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection; answers one request at a time, by callback."""
+
+    def __init__(self, owner: HttpProber, endpoint: tuple[str, str, int]) -> None:
+        self.owner, self.endpoint = owner, endpoint
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.waiter: asyncio.Future[int] | None = None
+        self.done: Done | None = None
+        self.deadline = 0.0
+        self.timeout = 0.0
         self.reusable = True
-        self.need = 0  # bytes of the current response still to read (head + body)
+        self.need = 0  # bytes of the current response to read (head + body)
         self.status = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,16 +86,18 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
-        self._fail("connection closed before a response")
+        self.finish(0, "connection closed before a response")
+        self.owner.forget(self)
 
-    def send(self, request: bytes, waiter: asyncio.Future[int]) -> None:
+    def send(self, request: bytes, done: Done, deadline: float, timeout: float) -> None:
         assert self.transport is not None
         self.buffer.clear()
-        self.need, self.status, self.waiter = 0, 0, waiter
+        self.need, self.status = 0, 0
+        self.done, self.deadline, self.timeout = done, deadline, timeout
         self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None:  # nobody asked: a server talking out of turn
+        if self.done is None:  # nobody asked: a server talking out of turn
             self.close()
             return
         self.buffer += data
@@ -97,8 +107,8 @@ class _Connection(asyncio.Protocol):
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0:
             if len(self.buffer) > MAX_HEAD:
-                self._fail("response head too long")
-                self.close()
+                self.reusable = False
+                self.finish(0, "response head too long")
             return
         self._head(bytes(self.buffer[:end]), end + 4)
 
@@ -106,14 +116,14 @@ class _Connection(asyncio.Protocol):
         lines = head.split(b"\r\n")
         status_line = lines[0].split(b" ", 2)
         if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
-            self._fail("not an HTTP response")
-            self.close()
+            self.reusable = False
+            self.finish(0, "not an HTTP response")
             return
         try:
             self.status = int(status_line[1])
         except ValueError:
-            self._fail("not an HTTP status")
-            self.close()
+            self.reusable = False
+            self.finish(0, "not an HTTP status")
             return
         length = -1
         keep = status_line[0] == b"HTTP/1.1"
@@ -135,21 +145,21 @@ class _Connection(asyncio.Protocol):
         self._maybe_done()
 
     def _maybe_done(self) -> None:
-        waiter = self.waiter
-        if waiter is None:
-            return
         if self.reusable and len(self.buffer) < self.need:
             return
-        self.waiter = None
-        if not waiter.done():
-            waiter.set_result(self.status)
-        if not self.reusable:
-            self.close()
+        self.finish(self.status, "")
 
-    def _fail(self, reason: str) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ProbeFailed(reason))
+    def finish(self, status: int, error: str) -> None:
+        """Report to whoever asked (once), and hand the connection back to the pool."""
+        done, self.done = self.done, None
+        if done is None:
+            return
+        self.owner.release(self)
+        done(status, error)
+
+    def expire(self) -> None:
+        self.reusable = False  # a late answer must not be read as the next request's
+        self.finish(0, f"no answer within {self.timeout:g}s")
 
     def close(self) -> None:
         self.reusable = False
@@ -158,84 +168,115 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpProber:
-    """GETs on one event loop, reusing connections per (scheme, host, port)."""
+    """GETs on one event loop, by callback, reusing connections per (scheme, host, port).
+
+    ``check`` starts a request and returns at once; ``done(status, error)`` is called on
+    the loop when it ends. Deadlines are enforced by ``sweep(now)``, which the caller
+    runs on its tick (the prober every 50 ms): one pass over the requests in flight costs
+    less than a timer per request, which is most of what a check costs otherwise.
+    """
 
     def __init__(self) -> None:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._busy: set[_Connection] = set()  # a request in flight
         self._open: set[_Connection] = set()  # every live connection, to close them all
+        self._connecting: set[asyncio.Task[None]] = set()
         self._tls: ssl.SSLContext | None = None
 
-    async def status(self, url: str, timeout: float) -> int:
-        """The status code of ``GET url`` within ``timeout`` seconds; ProbeFailed if none."""
-        target = _parse(url)
-        loop = asyncio.get_running_loop()
-        endpoint = (target.scheme, target.host, target.port)
-        waiter: asyncio.Future[int] = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter, timeout)
-        conn: _Connection | None = None
+    def check(self, url: str, timeout: float, done: Done) -> None:
+        """Start ``GET url``; ``done`` gets its status (2xx passes) or why there is none."""
         try:
-            conn = await self._connection(endpoint, waiter)
-            conn.send(target.request, waiter)
-            status = await waiter
-        except (OSError, ssl.SSLError) as exc:
-            raise ProbeFailed(_reason(exc)) from None
-        except asyncio.CancelledError:
-            if waiter.cancelled() and not _task_cancelling():
-                raise ProbeFailed(f"no answer within {timeout:g}s") from None
-            raise
-        finally:
-            timer.cancel()
-            if conn is not None and (not waiter.done() or waiter.cancelled() or not conn.reusable):
-                conn.close()  # a late answer must not be read as the next request's
-                self._open.discard(conn)
-        if conn.reusable:
-            idle = self._idle.setdefault(endpoint, [])
-            if len(idle) < MAX_IDLE:
-                idle.append(conn)
-                return status
-            conn.close()
-        self._open.discard(conn)
-        return status
-
-    async def _connection(
-        self, endpoint: tuple[str, str, int], waiter: asyncio.Future[int]
-    ) -> _Connection:
+            target = _parse(url)
+        except ProbeFailed as exc:
+            done(0, str(exc))
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        endpoint = (target.scheme, target.host, target.port)
         idle = self._idle.get(endpoint)
         while idle:
             conn = idle.pop()
             if conn.reusable and conn.transport is not None and not conn.transport.is_closing():
-                return conn
-        scheme, host, port = endpoint
+                self._busy.add(conn)
+                conn.send(target.request, done, deadline, timeout)
+                return
+        task = loop.create_task(self._connect(target, endpoint, done, deadline, timeout))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(
+        self,
+        target: _Url,
+        endpoint: tuple[str, str, int],
+        done: Done,
+        deadline: float,
+        timeout: float,
+    ) -> None:
         tls = None
-        if scheme == "https":
+        if target.scheme == "https":
             tls = self._tls = self._tls or ssl.create_default_context()
         loop = asyncio.get_running_loop()
-        connect = loop.create_connection(_Connection, host, port, ssl=tls)
-        task = asyncio.ensure_future(connect)
-        racing: set[asyncio.Future[Any]] = {task, waiter}
-        done, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
-        if task not in done:
-            task.cancel()
-            raise asyncio.CancelledError  # the timer expired while connecting
-        _, protocol = task.result()
-        self._open.add(protocol)
-        return protocol
+        try:
+            async with asyncio.timeout_at(deadline):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self, endpoint), target.host, target.port, ssl=tls
+                )
+        except TimeoutError:
+            done(0, f"no answer within {timeout:g}s")
+            return
+        except (OSError, ssl.SSLError) as exc:
+            done(0, _reason(exc))
+            return
+        self._open.add(conn)
+        self._busy.add(conn)
+        conn.send(target.request, done, deadline, timeout)
+
+    def sweep(self, now: float) -> None:
+        """Fail every request whose deadline has passed (and close its connection)."""
+        for conn in [c for c in self._busy if c.deadline <= now]:
+            conn.expire()
+
+    def release(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+        if conn.reusable:
+            idle = self._idle.setdefault(conn.endpoint, [])
+            if len(idle) < MAX_IDLE:
+                idle.append(conn)
+                return
+        conn.close()
+        self._open.discard(conn)
+
+    def forget(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+        self._open.discard(conn)
+
+    async def status(self, url: str, timeout: float) -> int:
+        """The status of one ``GET url`` (ProbeFailed if none): for tools and tests."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[int, str]] = loop.create_future()
+
+        def done(status: int, error: str) -> None:
+            if not answer.done():
+                answer.set_result((status, error))
+
+        sweeper = loop.call_later(timeout, lambda: self.sweep(loop.time() + 1e-3))
+        self.check(url, timeout, done)
+        try:
+            status, error = await answer
+        finally:
+            sweeper.cancel()
+        if not status:
+            raise ProbeFailed(error)
+        return status
 
     def close(self) -> None:
-        for conn in self._open:
+        for task in self._connecting:
+            task.cancel()
+        for conn in list(self._open):
             conn.close()
         self._open.clear()
         self._idle.clear()
-
-
-def _expire(waiter: asyncio.Future[int], timeout: float) -> None:
-    if not waiter.done():
-        waiter.cancel()
-
-
-def _task_cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+        self._busy.clear()
 
 
 def _reason(exc: BaseException) -> str:
