@@ -24,6 +24,7 @@ from kaylee_sync.plan.model import (
     InventoryEntry,
     Suspension,
 )
+from kaylee_sync.plan.prune import PruneLimits
 from kaylee_sync.spec import App, UnitSpec, to_json
 from tests.strategies import unit_specs
 
@@ -150,8 +151,11 @@ def worlds(draw: st.DrawFn) -> tuple[DesiredState, ActualState, dict[str, Any]]:
     etcd_state = actual(values, inventory if draw(st.booleans()) or inventory else None, suspended)
     options: dict[str, Any] = {
         "now": NOW,
-        "max_prune": draw(st.none() | st.integers(0, 3)),
-        "allow_prune_all": draw(st.booleans()),
+        "prune": PruneLimits(
+            max_count=draw(st.none() | st.integers(0, 3)),
+            max_percent=draw(st.none() | st.sampled_from([0.0, 10.0, 50.0])),
+            allow=draw(st.booleans()),
+        ),
         "generations": draw(st.dictionaries(st.sampled_from(_NAMES), st.integers(0, 3))),
     }
     return state, etcd_state, options

@@ -153,7 +153,7 @@ def test_max_prune_refuses_a_commit_deleting_more_units_than_allowed(
     repo.write("units/db.yaml", unit_yaml("db", "example.com/db:2", replicas=None))
     repo.commit("remove two, change one")
 
-    result = Syncer(source, store, SyncSettings(max_prune=1)).sync_once()
+    result = Syncer(source, store, SyncSettings(max_prune=1, max_prune_percent=100.0)).sync_once()
     assert result.plan is not None and "--max-prune 1" in result.plan.prune_refused
     # The refusal blocks the deletions only: the change still goes ahead.
     assert units(store) == {
@@ -161,7 +161,7 @@ def test_max_prune_refuses_a_commit_deleting_more_units_than_allowed(
         "api": spec("api"),
         "db": spec("db", "example.com/db:2", replicas=None),
     }
-    assert Syncer(source, store, SyncSettings(max_prune=2)).sync_once().ok
+    assert Syncer(source, store, SyncSettings(max_prune=2, max_prune_percent=100.0)).sync_once().ok
     assert sorted(units(store)) == ["db"]
 
 

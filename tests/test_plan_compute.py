@@ -9,6 +9,7 @@ from hypothesis import given, settings
 
 from kaylee_sync.plan.compute import make_plan
 from kaylee_sync.plan.model import Action, ActualState, DesiredState, Plan, PlanEntry
+from kaylee_sync.plan.prune import PruneLimits
 from kaylee_sync.spec import to_json
 from tests.plan_builders import (
     COMMIT,
@@ -173,19 +174,29 @@ def test_deleting_every_managed_unit_is_refused_without_allow_prune_all() -> Non
     etcd = synced(desired(WEB, API))
     plan = make_plan(desired(), etcd, now=NOW)
     assert names(plan, Action.PRUNE_REFUSED) == ["api", "web"]
-    assert "--allow-prune-all" in plan.prune_refused and "\n" not in plan.prune_refused
+    assert "--allow-prune" in plan.prune_refused and "\n" not in plan.prune_refused
     assert not plan.has_changes
-    allowed = make_plan(desired(), etcd, now=NOW, allow_prune_all=True)
+    allowed = make_plan(desired(), etcd, now=NOW, prune=PruneLimits(allow=True))
     assert names(allowed, Action.DELETE) == ["api", "web"] and allowed.prune_refused == ""
 
 
 def test_more_deletions_than_max_prune_are_refused_but_other_changes_go_ahead() -> None:
     etcd = synced(desired(WEB, API, DB, spec("a"), spec("b")))
-    plan = make_plan(desired(dataclasses.replace(WEB, replicas=9)), etcd, now=NOW, max_prune=3)
+    plan = make_plan(
+        desired(dataclasses.replace(WEB, replicas=9)),
+        etcd,
+        now=NOW,
+        prune=PruneLimits(max_count=3, max_percent=None),
+    )
     assert names(plan, Action.PRUNE_REFUSED) == ["a", "api", "b", "db"]
     assert names(plan, Action.UPDATE) == ["web"]
     assert "--max-prune 3" in plan.prune_refused
-    assert make_plan(desired(WEB), etcd, now=NOW, max_prune=4).prune_refused == ""
+    assert (
+        make_plan(
+            desired(WEB), etcd, now=NOW, prune=PruneLimits(max_count=4, max_percent=None)
+        ).prune_refused
+        == ""
+    )
 
 
 def test_an_invalid_file_does_not_count_as_deleting_every_unit() -> None:
@@ -250,7 +261,7 @@ def test_entries_are_sorted_by_name_whatever_their_action() -> None:
         desired(spec("a"), spec("m", replicas=2), problems=[problem("units/b.yaml", "b")]),
         etcd,
         now=NOW,
-        allow_prune_all=True,
+        prune=PruneLimits(allow=True),
     )
     assert [(e.name, e.action) for e in plan.entries] == [
         ("a", Action.CREATE),

@@ -22,6 +22,7 @@ from kaylee_sync.plan.model import (
     PlanEntry,
 )
 from kaylee_sync.plan.output_json import plan_from_json, plan_to_json
+from kaylee_sync.plan.prune import PruneLimits
 from kaylee_sync.plan.summary import plan_exit_code
 from kaylee_sync.spec import to_json
 from tests.plan_builders import NOW, desired, problem, spec, synced, worlds
@@ -69,6 +70,9 @@ def test_the_document_has_the_documented_top_level_fields() -> None:
         "units",
         "problems",
         "prune_refused",
+        "prune_hold",
+        "prune_overridden",
+        "prune_released",
         "expired_suspensions",
     ]
     assert doc["version"] == 1
@@ -167,7 +171,7 @@ def test_exit_code_is_1_when_a_prune_guard_refuses() -> None:
     everything_gone = make_plan(desired(), synced(desired(WEB)), now=NOW)
     assert everything_gone.prune_refused
     assert plan_exit_code(everything_gone) == 1
-    allowed = make_plan(desired(), synced(desired(WEB)), now=NOW, allow_prune_all=True)
+    allowed = make_plan(desired(), synced(desired(WEB)), now=NOW, prune=PruneLimits(allow=True))
     assert plan_exit_code(allowed) == 2
 
 

@@ -99,7 +99,9 @@ def test_text_shows_prune_refusal_and_expired_suspensions() -> None:
     etcd = synced(desired(WEB), suspended=[suspension("gone", until=NOW - 5)])
     text = render_text(make_plan(desired(), etcd, now=NOW), color=False)
     assert "  x web  prune-refused units/web.yaml was removed from Git, but the prune" in text
-    assert "Prune guard: refusing to delete every managed unit (1); pass --allow-prune-all" in text
+    assert (
+        "Prune guard: refusing to delete every managed unit (1); restore the files, or pass" in text
+    )
     assert "Suspension ran out for gone: Git syncs them again." in text
 
 

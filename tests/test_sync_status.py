@@ -142,6 +142,9 @@ def test_the_stored_json_is_what_operators_expect(store: Store) -> None:
         "problems",
         "problems_omitted",
         "prune_refused",
+        "prune_hold",
+        "prune_overridden",
+        "prune_released",
         "duration_seconds",
         "leader",
     }

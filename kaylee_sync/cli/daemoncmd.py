@@ -20,6 +20,7 @@ import click
 from kaylee_sync.cli.common import etcd_settings_from
 from kaylee_sync.cli.fleetopts import fleet_client, scheduler_settings_from
 from kaylee_sync.cli.gitopts import read_secret_file, source_settings_from
+from kaylee_sync.cli.plancmd import prune_options, prune_settings
 from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
 from kaylee_sync.daemon.logs import register_secret, setup_logging
 from kaylee_sync.election import lead_once, make_identity
@@ -44,16 +45,7 @@ def daemon_options(func: F) -> F:
             show_default=True,
             help="Seconds between polls of the repository (10 % jitter).",
         ),
-        click.option(
-            "--max-prune",
-            type=click.IntRange(min=0),
-            help="Refuse a commit that deletes more than this many units [default: no limit].",
-        ),
-        click.option(
-            "--allow-prune-all",
-            is_flag=True,
-            help="Allow a commit to delete every managed unit (lifts --max-prune).",
-        ),
+        prune_options("KAYLEE"),
         click.option("--once", is_flag=True,
                      help="Sync once (plus one scheduler pass), then exit 0/1."),
         click.option(
@@ -100,11 +92,7 @@ def _settings(params: dict[str, Any]) -> DaemonSettings:
         interval=params["interval"],
         listen=params["listen"] or None,
         webhook_secret=_secret(params),
-        sync=SyncSettings(
-            max_prune=params["max_prune"],
-            allow_prune_all=params["allow_prune_all"],
-            unit_prefix=params["unit_prefix"],
-        ),
+        sync=SyncSettings(**prune_settings(params), unit_prefix=params["unit_prefix"]),
         scheduler=scheduler,
         election=election,
         schedule=not params["no_scheduler"],

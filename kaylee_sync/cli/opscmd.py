@@ -132,6 +132,14 @@ def status(fmt: str, **params: Any) -> None:
             )
         if a.prune_refused:
             click.echo(f"prune refused: {a.prune_refused}")
+        if a.prune_hold is not None:
+            h = a.prune_hold
+            click.echo(
+                f"prune hold:    {h.held} units held back since {format_time(h.since)} "
+                f"(first refused at {short_commit(h.first_commit)}); see kaylee-sync plan"
+            )
+        if a.prune_overridden or a.prune_released:
+            click.echo(f"prune release: {a.prune_released or 'lifted by --allow-prune'}")
         for problem in a.problems:
             click.echo(
                 f"invalid:       {problem['file']}:{problem['line']}: {problem['field']}: "

@@ -9,11 +9,13 @@ what gets applied, or nothing is.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -27,23 +29,71 @@ from kaylee_sync.plan.model import Plan
 from kaylee_sync.plan.output_json import plan_from_json, plan_to_json
 from kaylee_sync.plan.output_markdown import render_markdown
 from kaylee_sync.plan.output_text import render_text
-from kaylee_sync.plan.summary import plan_exit_code
+from kaylee_sync.plan.prune import DEFAULT_MAX_PRUNE, DEFAULT_MAX_PRUNE_PERCENT
+from kaylee_sync.plan.summary import plan_exit_code, prune_lines
 from kaylee_sync.source import GitSource
 from kaylee_sync.store import Compare, Store, keys
 from kaylee_sync.sync.actual import read_actual
 from kaylee_sync.sync.apply import apply_plan
 from kaylee_sync.sync.syncer import Syncer, SyncSettings
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def prune_options(func: Any) -> Any:
-    func = click.option(
-        "--allow-prune-all", is_flag=True, help="Allow deleting every managed unit."
-    )(func)
-    return click.option(
-        "--max-prune",
-        type=click.IntRange(min=0),
-        help="Refuse deleting more than this many units [default: no limit].",
-    )(func)
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if math.isnan(value):  # FloatRange lets NaN through: every comparison with it is false
+        raise click.BadParameter("must be a number from 0 to 100, not nan")
+    return value
+
+
+def prune_options(envvar_prefix: str) -> Callable[[F], F]:
+    """The prune guard's options, for the daemon (``KAYLEE``) and ``plan`` (``KAYLEE_PLAN``).
+
+    ``--allow-prune-all`` (and its variable) is the option's name before the guard held
+    refusals; it stays as an alias so that existing units and scripts keep working.
+    """
+
+    def decorate(func: F) -> F:
+        options = [
+            click.option(
+                "--max-prune",
+                type=click.IntRange(min=0),
+                default=DEFAULT_MAX_PRUNE,
+                show_default=True,
+                help="Refuse a commit that deletes more than this many managed units.",
+            ),
+            click.option(
+                "--max-prune-percent",
+                type=click.FloatRange(0, 100),
+                callback=_finite,
+                default=DEFAULT_MAX_PRUNE_PERCENT,
+                show_default=True,
+                help="... or more than this % of them (one unit is always allowed).",
+            ),
+            click.option(
+                "--allow-prune",
+                "--allow-prune-all",
+                "allow_prune",
+                is_flag=True,
+                envvar=[f"{envvar_prefix}_ALLOW_PRUNE", f"{envvar_prefix}_ALLOW_PRUNE_ALL"],
+                help="Lift the prune guard: delete what Git deleted and release a refused "
+                "prune (logged).",
+            ),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def prune_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """The SyncSettings fields the prune options fill in."""
+    return {
+        "max_prune": params["max_prune"],
+        "max_prune_percent": params["max_prune_percent"],
+        "allow_prune_all": params["allow_prune"],
+    }
 
 
 def _color(fmt: str) -> bool:
@@ -53,7 +103,7 @@ def _color(fmt: str) -> bool:
 @click.command()
 @source_options
 @etcd_options
-@prune_options
+@prune_options("KAYLEE_PLAN")
 @click.option("--ref", help="Commit, branch or tag to plan [default: the branch head].")
 @click.option("--worktree", is_flag=True, help="Plan the working tree, uncommitted files too.")
 @click.option(
@@ -88,11 +138,7 @@ def plan(**params: Any) -> None:
     with GitSource(source_settings_from(params, params["unit_prefix"])) as source:
         if source.local_path is None and not params["no_fetch"]:
             source.fetch()
-        settings = SyncSettings(
-            max_prune=params["max_prune"],
-            allow_prune_all=params["allow_prune_all"],
-            unit_prefix=params["unit_prefix"],
-        )
+        settings = SyncSettings(**prune_settings(params), unit_prefix=params["unit_prefix"])
         if params["against"]:
             result = _plan_against(source, params, settings)
         else:
@@ -116,8 +162,7 @@ def _plan_against(source: GitSource, params: dict[str, Any], settings: SyncSetti
         head,
         actual_from_desired(base, label),
         now=time.time(),
-        max_prune=settings.max_prune,
-        allow_prune_all=settings.allow_prune_all,
+        prune=settings.prune,
         unit_prefix=settings.unit_prefix,
     )
 
@@ -184,7 +229,16 @@ def apply(file: Path, **params: Any) -> None:
                 "suspensions); run plan again"
             )
         fence = Compare.value_equals(keys.MASTER, identity)
-        result = apply_plan(store, saved, actual.inventory, fence=fence, suspended=actual.suspended)
+        result = apply_plan(
+            store,
+            saved,
+            actual.inventory,
+            fence=fence,
+            suspended=actual.suspended,
+            prune_hold=actual.prune_hold,
+        )
+    for line in prune_lines(saved):
+        click.echo(line)
     click.echo(
         f"applied {short_commit(saved.desired.commit)}: {result.created} created, "
         f"{result.updated} updated, {result.deleted} deleted"

@@ -95,6 +95,11 @@ class Metrics:
             "Syncs whose deletions the prune guard refused.",
             registry=r,
         )
+        self.prune_held = Gauge(
+            f"{PREFIX}_prune_held_units",
+            "Units whose deletion the prune guard holds back (0 when nothing is held).",
+            registry=r,
+        )
         self.errors = Counter(
             f"{PREFIX}_errors", "Errors, by where they happened.", ["stage"], registry=r
         )
@@ -143,6 +148,7 @@ class Metrics:
         for state in UNIT_STATES:
             self.units.labels(state=state).set(counts.get(state, 0))
         self.invalid_files.set(invalid)
+        self.prune_held.set(counts.get("prune-refused", 0))
         if prune_refused:
             self.prunes_refused.inc()
         result = "partial" if invalid or prune_refused else "ok"

@@ -8,8 +8,9 @@ the tests agree by construction:
   maps the file to its unit even when the file no longer parses);
 - only units the inventory lists are deleted, and units created outside Git are never
   shown or touched;
-- prune guards refuse a commit that would delete every managed unit, or more than
-  ``max_prune`` of them; the other changes still go ahead;
+- the prune guard (:mod:`kaylee_sync.plan.prune`) refuses a commit that would delete
+  every managed unit or more than its budget, and keeps refusing until released; the
+  other changes still go ahead;
 - drift (a managed unit changed by hand) is put back, and said so;
 - a suspended unit is left alone but shown, with what Git would have done; a suspension
   that has run out no longer counts.
@@ -17,7 +18,7 @@ the tests agree by construction:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -34,6 +35,7 @@ from kaylee_sync.plan.model import (
     PlanEntry,
     Suspension,
 )
+from kaylee_sync.plan.prune import DEFAULT_LIMITS, PruneLimits, Verdict, judge
 
 # What Git would do to a unit, said of a suspended one.
 _GIT_WOULD = {
@@ -49,27 +51,30 @@ def make_plan(
     actual: ActualState,
     *,
     now: float,
-    max_prune: int | None = None,
-    allow_prune_all: bool = False,
+    prune: PruneLimits = DEFAULT_LIMITS,
     unit_prefix: str = "k2",
     generations: Mapping[str, int] | None = None,
 ) -> Plan:
-    """The plan that makes etcd follow ``desired``; ``now`` (unix seconds) ends suspensions."""
+    """The plan that makes etcd follow ``desired``; ``now`` (unix seconds) ends suspensions,
+    ``prune`` is the prune guard's budget (or its lifting)."""
     planner = _Planner(desired, actual, now, unit_prefix, generations or {})
     entries = planner.invalid_entries()
     for name, unit in desired.units.items():
         if name not in entries:  # an invalid file claiming the name wins: hands off
             entries[name] = planner.desired_entry(unit)
     deletions = planner.deletions(entries.keys())
-    refused = planner.prune_refusal(deletions, max_prune, allow_prune_all)
+    verdict = planner.prune_verdict(deletions, entries.values(), prune)
     for name, inv in deletions.items():
-        entries[name] = planner.delete_entry(name, inv, refused)
+        entries[name] = planner.delete_entry(name, inv, verdict)
     return Plan(
         desired=desired,
         against=actual.source,
         entries=tuple(entries[name] for name in sorted(entries)),
         problems=desired.problems,
-        prune_refused=refused,
+        prune_refused=verdict.refused,
+        prune_hold=verdict.hold,
+        prune_overridden=verdict.overridden,
+        prune_released=verdict.released,
         state_index=actual.state_index,
         inventory_revision=actual.inventory_revision,
         expired_suspensions=tuple(sorted(n for n, s in actual.suspended.items() if s.expired(now))),
@@ -236,29 +241,28 @@ class _Planner:
             if name not in planned and name in self.actual.units
         }
 
-    def prune_refusal(
-        self, deletions: Mapping[str, InventoryEntry], max_prune: int | None, allow_all: bool
-    ) -> str:
-        """Why the deletions are refused, or "" if they may go ahead."""
-        real = [n for n in deletions if n not in self.suspended]
-        if not real or allow_all:
-            return ""
-        managed = sum(1 for n in self.inventory if n in self.actual.units)
-        # A commit that drops every unit is judged on what it asks for: suspended units
-        # it would delete count, or suspending one unit would disarm the guard.
-        if len(deletions) == managed:
-            return (
-                f"refusing to delete every managed unit ({managed}); "
-                "pass --allow-prune-all if that is intended"
-            )
-        if max_prune is not None and len(real) > max_prune:
-            return (
-                f"refusing to delete {len(real)} units, more than --max-prune {max_prune}; "
-                "pass --allow-prune-all (or a higher --max-prune) if that is intended"
-            )
-        return ""
+    def prune_verdict(
+        self,
+        deletions: Mapping[str, InventoryEntry],
+        planned: Iterable[PlanEntry],
+        limits: PruneLimits,
+    ) -> Verdict:
+        """The prune guard's verdict (see :mod:`kaylee_sync.plan.prune`)."""
+        managed = {n for n in self.inventory if n in self.actual.units}
+        # A managed unit whose file is invalid is neither deleted nor kept by the commit.
+        invalid = sum(1 for e in planned if e.action == Action.INVALID and e.name in managed)
+        return judge(
+            deletions,
+            suspended=self.suspended.keys(),
+            invalid=invalid,
+            managed=len(managed),
+            hold=self.actual.prune_hold,
+            limits=limits,
+            commit=self.desired.commit,
+            now=self.now,
+        )
 
-    def delete_entry(self, name: str, inv: InventoryEntry, refused: str) -> PlanEntry:
+    def delete_entry(self, name: str, inv: InventoryEntry, verdict: Verdict) -> PlanEntry:
         current = self.actual.units[name]
         # A file still there that now declares another unit is not "gone": say what happened.
         successor = self.by_path.get(inv.path)
@@ -266,6 +270,8 @@ class _Planner:
             path, gone = None, f"{inv.path} was removed from Git"
         else:
             path, gone = inv.path, f"{inv.path} now declares units/{successor}"
+        if verdict.overridden:
+            gone += "; --allow-prune lifts the prune guard"
         entry = PlanEntry(
             name=name,
             action=Action.DELETE,
@@ -279,7 +285,7 @@ class _Planner:
         )
         if name in self.suspended:
             return self._suspended(name, Action.DELETE, entry)
-        if refused:
+        if verdict.refused:
             return PlanEntry(
                 name=name,
                 action=Action.PRUNE_REFUSED,

@@ -96,6 +96,25 @@ class Suspension:
 
 
 @dataclass(frozen=True)
+class PruneHold:
+    """``sync/prune-hold``: deletions the prune guard refused, held until released.
+
+    A refusal outlives the sync that made it: the units stay owned, and every later
+    commit is judged against ``baseline``, the number of managed units when the guard
+    first refused. It never grows, so units a commit adds after the refusal cannot make
+    the held deletions look small (see :mod:`kaylee_sync.plan.prune`).
+    """
+
+    since: float  # unix seconds of the first refusal
+    first_commit: str  # the commit first refused
+    commit: str  # the last commit refused (a new one is logged once)
+    baseline: int  # managed units when the guard first refused: never grows
+    held: int  # units whose deletion the last refusal held back
+    reason: str  # the last refusal, one line
+    mod_revision: int = field(default=0, compare=False)  # of the key; 0 = not from etcd
+
+
+@dataclass(frozen=True)
 class ActualState:
     """What etcd holds (or, for ``plan --against``, what another commit would put there)."""
 
@@ -103,6 +122,7 @@ class ActualState:
     inventory: Inventory | None = None
     inventory_revision: int = 0  # mod revision of sync/inventory; 0 = absent
     suspended: dict[str, Suspension] = field(default_factory=dict)
+    prune_hold: PruneHold | None = None  # sync/prune-hold, if a refusal is in force
     state_index: str = ""  # fingerprint of the keys read (see sync); "" for --against
     source: str = "etcd"  # "etcd" or a description such as "origin/main (1a2b3c4)"
 
@@ -150,6 +170,9 @@ class Plan:
     entries: tuple[PlanEntry, ...]  # sorted by name
     problems: tuple[FileProblem, ...]  # every invalid file (also those naming no unit)
     prune_refused: str = ""  # why deletions were refused ("" = they were not)
+    prune_hold: PruneHold | None = None  # the hold in force once applied (None: none)
+    prune_overridden: str = ""  # the refusal --allow-prune lifted ("" = none)
+    prune_released: str = ""  # why the hold in force ends with this plan ("" = it does not)
     state_index: str = ""  # ActualState.state_index the plan was made against
     inventory_revision: int = 0
     expired_suspensions: tuple[str, ...] = ()  # names whose suspension has run out

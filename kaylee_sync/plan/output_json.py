@@ -25,7 +25,9 @@ from kaylee_sync.plan.model import (
     FleetEffect,
     Plan,
     PlanEntry,
+    PruneHold,
 )
+from kaylee_sync.plan.prune import hold_from_doc, hold_to_doc
 from kaylee_sync.plan.summary import counts
 from kaylee_sync.spec import parse_stored
 
@@ -52,6 +54,9 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         },
         "problems": [_problem(p) for p in plan.problems],
         "prune_refused": plan.prune_refused,
+        "prune_hold": None if plan.prune_hold is None else hold_to_doc(plan.prune_hold),
+        "prune_overridden": plan.prune_overridden,
+        "prune_released": plan.prune_released,
         "expired_suspensions": list(plan.expired_suspensions),
     }
     if d.problems != plan.problems:
@@ -138,6 +143,10 @@ def plan_from_json(doc: Mapping[str, Any], *, source: str = "plan") -> Plan:
         entries=entries,
         problems=problems,
         prune_refused=r.text(doc, "prune_refused"),
+        prune_hold=r.hold(doc.get("prune_hold")),
+        # Absent in plans saved before the hold existed: those overrode and released nothing.
+        prune_overridden=r.text(doc, "prune_overridden") if "prune_overridden" in doc else "",
+        prune_released=r.text(doc, "prune_released") if "prune_released" in doc else "",
         state_index=r.text(doc, "state_index"),
         inventory_revision=r.integer(doc, "inventory_revision"),
         expired_suspensions=tuple(
@@ -191,6 +200,14 @@ class _Reader:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise self.fail(key, "a number or null")
         return value
+
+    def hold(self, value: Any) -> PruneHold | None:
+        if value is None:
+            return None
+        try:
+            return hold_from_doc(value)
+        except ValueError as exc:
+            raise UsageError(f"{self.source}: prune_hold: {exc}") from None
 
     def unit(self, name: str, data: Mapping[str, Any]) -> DesiredUnit:
         where = f"units.{name}."

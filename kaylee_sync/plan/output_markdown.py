@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 from kaylee_sync.plan.model import FileProblem, Plan, PlanEntry
-from kaylee_sync.plan.summary import SYMBOLS, header_parts, shown, summary_line
+from kaylee_sync.plan.summary import SYMBOLS, header_parts, prune_lines, shown, summary_line
 
 MIN_DIFF = 600  # characters of a diff worth showing before dropping later diffs instead
 LOCALLY = "run kaylee-sync plan locally for the full"
@@ -59,8 +59,9 @@ def _title(plan: Plan) -> str:
     what, against = header_parts(plan)
     lines = [f"## kaylee-sync plan for {_code(what)}", ""]
     lines += [f"Against {_md(against)}: **{_md(summary_line(plan))}**", ""]
-    if plan.prune_refused:
-        lines += [f"> **Prune guard:** {_md(plan.prune_refused)}", ""]
+    for line in prune_lines(plan):
+        head, _, rest = line.partition(": ")
+        lines += [f"> **{_md(head)}:** {_md(rest)}", ""]
     if plan.expired_suspensions:
         names = ", ".join(plan.expired_suspensions)
         lines += [f"> Suspension ran out for {_md(names)}: Git syncs them again.", ""]

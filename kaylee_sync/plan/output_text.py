@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from kaylee_sync.plan.model import Action, FleetEffect, Plan, PlanEntry
-from kaylee_sync.plan.summary import SYMBOLS, header_parts, shown, summary_line
+from kaylee_sync.plan.summary import SYMBOLS, header_parts, prune_lines, shown, summary_line
 
 MAX_NAMES = 6  # fleet unit names listed per side of an entry; the JSON has them all
 _NAME_WIDTH = 24
@@ -58,8 +58,9 @@ def render_text(plan: Plan, *, color: bool) -> str:
         out.append(paint(_COLORS[entry.action], _entry_line(entry, width, action_width)))
     if entries:
         out.append("")
-    if plan.prune_refused:
-        out += [paint(_COLORS[Action.PRUNE_REFUSED], safe(f"Prune guard: {plan.prune_refused}"))]
+    guard = prune_lines(plan)
+    if guard:
+        out += [paint(_COLORS[Action.PRUNE_REFUSED], safe(line)) for line in guard]
         out.append("")
     if plan.expired_suspensions:
         names = ", ".join(plan.expired_suspensions)

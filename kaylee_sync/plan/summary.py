@@ -7,7 +7,7 @@ counting and the exit-code rule live here once.
 
 from __future__ import annotations
 
-from kaylee_sync.plan.compute import short_commit
+from kaylee_sync.plan.compute import format_time, short_commit
 from kaylee_sync.plan.model import Action, Plan, PlanEntry
 
 EXIT_NO_CHANGES = 0
@@ -32,8 +32,8 @@ def plan_exit_code(plan: Plan) -> int:
 
     An invalid file wins over changes because it is what CI must block on: the rest of
     the commit would be synced, but that file never would. A refused prune likewise
-    means the commit cannot be synced as written (someone must pass --allow-prune-all
-    or restore the files), so a pipeline must stop and a person must look.
+    means the commit cannot be synced as written (someone must pass --allow-prune or
+    restore the files), so a pipeline must stop and a person must look.
     """
     if plan.problems or plan.prune_refused:
         return EXIT_INVALID
@@ -82,3 +82,21 @@ def header_parts(plan: Plan) -> tuple[str, str]:
     where = f"{d.repo} {d.branch}".strip() or "(no repository)"
     path = f" ({d.path})" if d.path else ""
     return f"{where} @ {commit}{path}", plan.against
+
+
+def prune_lines(plan: Plan) -> list[str]:
+    """What the prune guard says about ``plan``, one line each (none when it is silent)."""
+    lines = []
+    hold = plan.prune_hold
+    if plan.prune_refused:
+        line = f"Prune guard: {plan.prune_refused}"
+        if hold is not None and hold.first_commit != plan.desired.commit:
+            first = short_commit(hold.first_commit)
+            where = "" if first in plan.prune_refused else f", first refused at {first}"
+            line += f" (held since {format_time(hold.since)}{where})"
+        lines.append(line)
+    if plan.prune_overridden:
+        lines.append(f"Prune guard lifted by --allow-prune; it would say: {plan.prune_overridden}")
+    if plan.prune_released:
+        lines.append(f"Prune guard hold ends: {plan.prune_released}")
+    return lines

@@ -12,6 +12,7 @@ Layout (relative to the prefix, default ``/kaylee2``)::
     sync/inventory               JSON: repo, commit, managed units and their files
     sync/status                  JSON: last attempt / last success, per-file errors
     sync/suspended/<name>        JSON: who, when, why — git sync leaves <name> alone
+    sync/prune-hold              JSON: deletions the prune guard refused, held until released
     restart/<name>               restart generation (a decimal integer)
     scheduler/rollouts/<name>    JSON: the scheduler's rollout state for one unit
                                  (phase, target spec hash, started, last error); it lets
@@ -27,6 +28,7 @@ MASTER = "master"
 INVENTORY = "sync/inventory"
 STATUS = "sync/status"
 SUSPENDED = "sync/suspended/"
+PRUNE_HOLD = "sync/prune-hold"
 RESTART = "restart/"
 ROLLOUTS = "scheduler/rollouts/"
 

@@ -8,36 +8,40 @@ request is one etcd revision. The extra keys it carries (``restart/``, ``schedul
 ``master``) are a few small values per unit at most, and are simply skipped.
 
 ``state_index`` is ``"<count>:<highest mod revision>"`` over those keys — units,
-inventory, suspensions. Why this fingerprint changes whenever any of them does: every
-write (create or change) gets a revision higher than every mod revision already stored,
-so it raises the maximum for as long as the written key exists. If the maximum is the
-same later, every key present then was last written at or before it, hence was present,
-unchanged, when the first read was made (a key that is deleted and recreated gets a new
-revision); the keys of the later read are then a subset of the earlier ones, and an equal
-count makes them the same set. So equal fingerprints mean identical keys and values, and
-any create, change or delete gives a different one. Writes to other keys (a rollout, a
-restart, the leader) leave it alone, so unrelated activity does not look like drift.
+inventory, suspensions, the prune hold. Why this fingerprint changes whenever any of
+them does: every write (create or change) gets a revision higher than every mod revision
+already stored, so it raises the maximum for as long as the written key exists. If the
+maximum is the same later, every key present then was last written at or before it,
+hence was present, unchanged, when the first read was made (a key that is deleted and
+recreated gets a new revision); the keys of the later read are then a subset of the
+earlier ones, and an equal count makes them the same set. So equal fingerprints mean
+identical keys and values, and any create, change or delete gives a different one.
+Writes to other keys (a rollout, a restart, the leader) leave it alone, so unrelated
+activity does not look like drift.
 """
 
 from __future__ import annotations
 
-from kaylee_sync.plan.model import ActualState, ActualUnit, Inventory, Suspension
+from kaylee_sync.plan.model import ActualState, ActualUnit, Inventory, PruneHold, Suspension
 from kaylee_sync.store import Store, keys
 from kaylee_sync.sync.inventory import decode_inventory
+from kaylee_sync.sync.prunehold import decode_hold
 from kaylee_sync.sync.suspend import decode_suspension
 
 
 def read_actual(store: Store) -> ActualState:
-    """Units, inventory and suspensions at one etcd revision.
+    """Units, inventory, suspensions and the prune hold at one etcd revision.
 
-    StoreError (naming the key) if the inventory or a suspension is malformed: sync must
-    stop rather than plan without them. A unit's value is passed on as text whatever it
-    holds; the planner sees a malformed unit as drift and puts Git's version back.
+    StoreError (naming the key) if the inventory, the prune hold or a suspension is
+    malformed: sync must stop rather than plan without them. A unit's value is passed
+    on as text whatever it holds; the planner sees a malformed unit as drift and puts
+    Git's version back.
     """
     units: dict[str, ActualUnit] = {}
     suspended: dict[str, Suspension] = {}
     inventory: Inventory | None = None
     inventory_revision = 0
+    hold: PruneHold | None = None
     count = highest = 0
     for stored in store.get_prefix(""):
         key = stored.key
@@ -50,6 +54,8 @@ def read_actual(store: Store) -> ActualState:
         elif key == keys.INVENTORY:
             inventory = decode_inventory(stored.value, key)
             inventory_revision = stored.mod_revision
+        elif key == keys.PRUNE_HOLD:
+            hold = decode_hold(stored.value, key, stored.mod_revision)
         elif key.startswith(keys.SUSPENDED):
             suspension = decode_suspension(stored.value, key, stored.mod_revision)
             suspended[suspension.name] = suspension
@@ -62,6 +68,7 @@ def read_actual(store: Store) -> ActualState:
         inventory=inventory,
         inventory_revision=inventory_revision,
         suspended=suspended,
+        prune_hold=hold,
         state_index=f"{count}:{highest}",
         source="etcd",
     )

@@ -9,6 +9,10 @@ re-plans from what is there. Batches are atomic one by one, not together (etcd a
 128 ops per transaction), so the order of the phases is what keeps ownership safe when
 an apply stops half way (a crash, a lost leadership, a conflict):
 
+0. a prune refusal the plan holds is recorded in ``sync/prune-hold`` before anything
+   else, so that no later phase — above all the inventory that lists the units the
+   refused commit adds — can be seen without it (a new leader would otherwise judge
+   the held deletions against a baseline grown by those units);
 1. expired suspensions are removed (logged once they are gone);
 2. if the plan writes units the current inventory does not list (new files, or units
    adopted from ``kaylee run``), the inventory is first rewritten as the *union* of the
@@ -21,7 +25,9 @@ an apply stops half way (a crash, a lost leadership, a conflict):
    by the revision of the inventory the plan — or phase 2 — left. Deleted units leave
    the inventory only now, after they are gone, so that a stop before this point leaves
    them owned and the next attempt still prunes them. A plan with no changes rewrites
-   the inventory only if it differs (e.g. the commit moved).
+   the inventory only if it differs (e.g. the commit moved). A prune hold the plan
+   releases is deleted in this same transaction: released only once the held units
+   are gone, never before.
 
 Nothing is written when the new inventory would exceed etcd's request limit
 (:data:`ETCD_MAX_REQUEST_BYTES`); see :mod:`kaylee_sync.sync.inventory` for its size.
@@ -35,9 +41,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kaylee_sync.errors import ConflictError, StoreError, UsageError
-from kaylee_sync.plan.model import Action, Inventory, Plan, PlanEntry, Suspension
+from kaylee_sync.plan.model import Action, Inventory, Plan, PlanEntry, PruneHold, Suspension
 from kaylee_sync.store import Compare, Op, Store, keys
 from kaylee_sync.sync.inventory import encode_inventory, next_inventory
+from kaylee_sync.sync.prunehold import encode_hold
 from kaylee_sync.sync.suspend import decode_suspension
 
 log = logging.getLogger(__name__)
@@ -67,13 +74,16 @@ def apply_plan(
     fence: Compare | None,
     batch: int = 64,
     suspended: Mapping[str, Suspension] | None = None,
+    prune_hold: PruneHold | None = None,
 ) -> ApplyResult:
     """Write ``plan`` to etcd (see the module docstring for the order and the guards).
 
     ``old_inventory`` is the inventory the plan was made against (``ActualState.inventory``)
     and ``suspended`` its suspensions (``ActualState.suspended``): expired ones are
     removed only if unchanged since that read. Without ``suspended`` they are read again
-    here and removed only if still expired now.
+    here and removed only if still expired now. ``prune_hold`` is the hold the plan was
+    made against (``ActualState.prune_hold``): it is replaced or deleted only if
+    unchanged since.
 
     Raises ConflictError naming the phase and batch that did not apply (earlier batches
     stay applied), StoreError if the inventory would be too large (nothing written).
@@ -92,6 +102,10 @@ def apply_plan(
     interim_value = None if interim is None else _encoded(interim)
 
     txns = 0
+    held = plan.prune_hold
+    if held is not None and held != prune_hold:
+        op = Op.put(keys.PRUNE_HOLD, encode_hold(held), guard=_hold_guard(prune_hold))
+        txns += _run("recording the prune hold", store, [op], fence, batch)
     resumed, ran = _remove_expired(store, plan.expired_suspensions, suspended, fence, batch)
     txns += ran
     revision = plan.inventory_revision
@@ -102,10 +116,15 @@ def apply_plan(
     if unit_ops:
         txns += _run("writing units", store, unit_ops, fence, batch)
     inventory_written = interim is not None
+    last: list[Op] = []
     if final != (old_inventory if interim is None else interim):
-        op = _inventory_op(final_value, revision)
-        txns += _run("writing sync/inventory", store, [op], fence, batch)
+        last.append(_inventory_op(final_value, revision))
         inventory_written = True
+    if held is None and prune_hold is not None:
+        last.append(Op.delete(keys.PRUNE_HOLD, guard=_hold_guard(prune_hold)))
+    if last:
+        # One transaction whatever ``batch``: the release goes with the inventory.
+        txns += _run("writing sync/inventory", store, last, fence, max(batch, len(last)))
     return ApplyResult(
         created=len(creates),
         updated=len(updates),
@@ -173,6 +192,13 @@ def _inventory_op(value: str, revision: int) -> Op:
         else Compare.missing(keys.INVENTORY)
     )
     return Op.put(keys.INVENTORY, value, guard=guard)
+
+
+def _hold_guard(seen: PruneHold | None) -> Compare:
+    """The hold is what the plan saw: absent, or unchanged since it was read."""
+    if seen is None or seen.mod_revision <= 0:
+        return Compare.missing(keys.PRUNE_HOLD)
+    return Compare.mod_revision_equals(keys.PRUNE_HOLD, seen.mod_revision)
 
 
 def _read_back(store: Store, value: str) -> int:

@@ -6,7 +6,8 @@ the previous success (:func:`record_attempt`): the answer to "since when" surviv
 number of failures.
 
 Value: compact JSON ``{"v":1,"attempt":{…},"last_success":{…}|null}``, each record
-holding time, commit, ok, error, counts, problems, prune_refused, duration_seconds and
+holding time, commit, ok, error, counts, problems, prune_refused, prune_hold (the
+refusal in force, or null), prune_overridden, prune_released, duration_seconds and
 leader. The error is stored as one line with any URL userinfo removed, and at most
 :data:`MAX_PROBLEMS` problems are stored (the rest are counted in ``problems_omitted``)
 so that a repository full of broken files cannot make the value too big for etcd.
@@ -23,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kaylee_sync.plan.model import PruneHold
+from kaylee_sync.plan.prune import hold_from_doc, hold_to_doc
 from kaylee_sync.secrets import redact
 from kaylee_sync.store import Compare, Op, Store, keys
 
@@ -47,6 +50,9 @@ class AttemptRecord:
     counts: Mapping[str, int] = field(default_factory=dict)  # by Action value
     problems: Sequence[Problem] = ()
     prune_refused: str = ""
+    prune_hold: PruneHold | None = None  # the refusal in force after the attempt
+    prune_overridden: str = ""  # the refusal --allow-prune lifted
+    prune_released: str = ""  # why a hold in force ended
     duration_seconds: float = 0.0
     leader: str = ""
     problems_omitted: int = 0  # problems beyond MAX_PROBLEMS, not stored
@@ -92,6 +98,9 @@ def _record_doc(r: AttemptRecord) -> dict[str, Any]:
         "problems": kept,
         "problems_omitted": r.problems_omitted + len(r.problems) - len(kept),
         "prune_refused": one_line_error(r.prune_refused),
+        "prune_hold": None if r.prune_hold is None else hold_to_doc(r.prune_hold),
+        "prune_overridden": one_line_error(r.prune_overridden),
+        "prune_released": one_line_error(r.prune_released),
         "duration_seconds": r.duration_seconds,
         "leader": r.leader,
     }
@@ -126,6 +135,9 @@ def _record(doc: object) -> AttemptRecord:
         counts=counts,
         problems=tuple(problems),
         prune_refused=str(doc.get("prune_refused", "")),
+        prune_hold=None if doc.get("prune_hold") is None else hold_from_doc(doc["prune_hold"]),
+        prune_overridden=str(doc.get("prune_overridden", "")),
+        prune_released=str(doc.get("prune_released", "")),
         duration_seconds=float(doc.get("duration_seconds", 0.0)),
         leader=str(doc.get("leader", "")),
         problems_omitted=int(doc.get("problems_omitted", 0)),

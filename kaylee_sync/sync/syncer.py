@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 from kaylee_sync.errors import ConflictError, KayleeError
 from kaylee_sync.gcpause import collector_paused
-from kaylee_sync.plan.compute import make_plan
-from kaylee_sync.plan.model import Action, ActualState, DesiredState, Plan
+from kaylee_sync.plan.compute import make_plan, short_commit
+from kaylee_sync.plan.model import Action, ActualState, DesiredState, Plan, PruneHold
+from kaylee_sync.plan.prune import DEFAULT_MAX_PRUNE, DEFAULT_MAX_PRUNE_PERCENT, PruneLimits
 from kaylee_sync.source import GitSource, redact
 from kaylee_sync.store import Store, keys
 from kaylee_sync.store.txn import Compare
@@ -40,14 +41,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SyncSettings:
-    max_prune: int | None = None
+    max_prune: int | None = DEFAULT_MAX_PRUNE
     """Refuse a commit that would delete more than this many managed units (None: no limit)."""
+    max_prune_percent: float | None = DEFAULT_MAX_PRUNE_PERCENT
+    """... or more than this share of them, but at least one (None: no limit)."""
     allow_prune_all: bool = False
-    """Allow a commit to delete every managed unit (and lift ``max_prune``)."""
+    """``--allow-prune``: lift the prune guard and release a refusal it holds."""
     unit_prefix: str = "k2"
     """Prefix of fleet unit names, for the plan's fleet-level effects."""
     batch: int = 64
     """Operations per etcd transaction (etcd allows 128 including compares)."""
+
+    @property
+    def prune(self) -> PruneLimits:
+        """The prune guard's settings, as the planner takes them."""
+        return PruneLimits(self.max_prune, self.max_prune_percent, self.allow_prune_all)
 
 
 @dataclass(frozen=True)
@@ -83,9 +91,10 @@ class Syncer:
         self.is_leader = is_leader
         self.clock = clock
         self.last_commit = ""
-        # What the last attempt reported about invalid files and refused prunes: the same
-        # complaint is logged once, not at every poll while the commit stays the same.
+        # What the last attempt reported about invalid files: the same complaint is
+        # logged once, not at every poll while the commit stays the same.
         self._last_complaints: tuple[object, ...] = ()
+        self._refusal_logged = ""  # the commit whose refusal this process last logged
 
     # -- read only -----------------------------------------------------------------------
 
@@ -102,8 +111,7 @@ class Syncer:
             desired,
             actual,
             now=self.clock(),
-            max_prune=self.settings.max_prune,
-            allow_prune_all=self.settings.allow_prune_all,
+            prune=self.settings.prune,
             unit_prefix=self.settings.unit_prefix,
             generations=self._generations(),
         )
@@ -136,7 +144,7 @@ class Syncer:
             stage = "etcd"
             actual = read_actual(self.store)
             plan = self.plan(desired, actual)
-            self._log_plan(plan)
+            self._log_plan(plan, actual.prune_hold)
             if not self.is_leader():
                 return self._deposed(commit, started)
             applied = apply_plan(
@@ -146,6 +154,7 @@ class Syncer:
                 fence=self._fence(),
                 batch=self.settings.batch,
                 suspended=actual.suspended,
+                prune_hold=actual.prune_hold,
             )
         except ConflictError as exc:
             if not self.is_leader():
@@ -175,6 +184,7 @@ class Syncer:
                 len(plan.problems),
                 result.duration,
             )
+        self._log_release(plan)
         self.last_commit = commit
         self._record(result)
         return result
@@ -205,22 +215,37 @@ class Syncer:
     def _fence(self) -> Compare | None:
         return None if self.identity is None else Compare.value_equals(keys.MASTER, self.identity)
 
-    def _log_plan(self, plan: Plan) -> None:
+    def _log_plan(self, plan: Plan, held: PruneHold | None) -> None:
         for entry in plan.entries:
             if entry.action in (Action.UPDATE, Action.CREATE) and entry.reason.startswith("drift"):
                 log.warning("%s: %s", entry.name, entry.reason)
-        complaints = (
-            plan.desired.commit,
-            tuple(i for p in plan.problems for i in p.issues),
-            plan.prune_refused,
-        )
-        if complaints == self._last_complaints:
-            return
-        self._last_complaints = complaints
-        for issue in complaints[1]:
-            log.warning("invalid unit file: %s", issue)
-        if plan.prune_refused:
-            log.warning("prune refused: %s", plan.prune_refused)
+        complaints = (plan.desired.commit, tuple(i for p in plan.problems for i in p.issues))
+        if complaints != self._last_complaints:
+            self._last_complaints = complaints
+            for issue in complaints[1]:
+                log.warning("invalid unit file: %s", issue)
+        # A refusal is news once per commit, in the whole cluster: the stored hold says
+        # which commit was last refused, so a restart or a new leader does not repeat it.
+        hold = plan.prune_hold
+        commit = plan.desired.commit
+        if hold is not None and (held is None or held.commit != commit):
+            if self._refusal_logged != commit:
+                log.warning("prune refused at %s: %s", short_commit(commit), plan.prune_refused)
+            self._refusal_logged = commit
+
+    def _log_release(self, plan: Plan) -> None:
+        """Say that deletions the guard would refuse were made, once they were."""
+        if plan.prune_overridden:
+            gone = [e.name for e in plan.entries if e.action == Action.DELETE]
+            shown = ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
+            log.warning(
+                "prune guard lifted by --allow-prune: deleted %d units (%s); it would say: %s",
+                len(gone),
+                shown,
+                plan.prune_overridden,
+            )
+        elif plan.prune_released:
+            log.info("prune hold released: %s", plan.prune_released)
 
     def _record(self, result: SyncResult) -> None:
         plan = result.plan
@@ -236,6 +261,9 @@ class Syncer:
                 for i in p.issues
             ],
             prune_refused=plan.prune_refused if plan else "",
+            prune_hold=plan.prune_hold if plan else None,
+            prune_overridden=plan.prune_overridden if plan else "",
+            prune_released=plan.prune_released if plan else "",
             duration_seconds=round(result.duration, 3),
             leader=self.identity or "",
         )
