@@ -27,9 +27,11 @@ from kaylee_sync.plan.effect import create_effect, delete_effect, update_effect
 from kaylee_sync.plan.model import (
     Action,
     ActualState,
+    ActualUnit,
     DesiredState,
     DesiredUnit,
     FileProblem,
+    FleetEffect,
     InventoryEntry,
     Plan,
     PlanEntry,
@@ -43,6 +45,7 @@ _GIT_WOULD = {
     Action.UPDATE: "Git would update it",
     Action.DELETE: "Git would delete it",
     Action.UNCHANGED: "Git agrees with it",
+    Action.POLICY: "Git would change its rollout policy",
 }
 
 
@@ -193,6 +196,9 @@ class _Planner:
         if current is None:
             action, reason = Action.CREATE, self._create_reason(unit)
             effect = create_effect(unit.spec, self.prefix, generation)
+        elif current.value == unit.value and current.policy != unit.policy:
+            action, reason = Action.POLICY, _policy_reason(current.policy, unit.policy)
+            effect = FleetEffect("none: only the rollout policy changes, no instance restarts")
         elif current.value == unit.value:
             action, reason = Action.UNCHANGED, "unchanged"
         else:
@@ -207,10 +213,24 @@ class _Planner:
             old_value=old,
             new_value=unit.value,
             mod_revision=current.mod_revision if current else 0,
-            diff=self._diff(name, old, unit.value, unit.path),
+            diff=self._policy_diff(name, current, unit)
+            if action == Action.POLICY and current is not None
+            else self._diff(name, old, unit.value, unit.path),
             effect=effect,
+            old_policy=current.policy if current else "",
+            new_policy=unit.policy,
+            policy_revision=current.policy_revision if current else 0,
         )
         return self._suspended(name, action, entry) if name in self.suspended else entry
+
+    def _policy_diff(self, name: str, current: ActualUnit, unit: DesiredUnit) -> str:
+        old_label = f"{self.actual.source} policy/{name}"
+        return unified_diff(
+            current.policy or None,
+            unit.policy or None,
+            old_label,
+            f"{unit.path} @ {self.commit} (rollout: and health:)",
+        )
 
     def _create_reason(self, unit: DesiredUnit) -> str:
         inv = self.inventory.get(unit.name)
@@ -282,6 +302,8 @@ class _Planner:
             mod_revision=current.mod_revision,
             diff=self._diff(name, current.value, None, inv.path, " (removed)"),
             effect=delete_effect(current.value, name, self.prefix, self.generations.get(name, 0)),
+            old_policy=current.policy,
+            policy_revision=current.policy_revision,
         )
         if name in self.suspended:
             return self._suspended(name, Action.DELETE, entry)
@@ -298,3 +320,11 @@ class _Planner:
                 effect=None,
             )
         return entry
+
+
+def _policy_reason(old: str, new: str) -> str:
+    if not old:
+        return "rollout policy added (rollout:/health:); nothing restarts"
+    if not new:
+        return "rollout policy removed (rollout:/health:); nothing restarts"
+    return "rollout policy changed (rollout:/health:); nothing restarts"

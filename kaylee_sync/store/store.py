@@ -18,7 +18,7 @@ from kaylee_sync.errors import ConflictError, StoreError, UsageError
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.store import keys
 from kaylee_sync.store.connection import Connection
-from kaylee_sync.store.txn import ETCD_MAX_TXN_OPS, Compare, Op, batches
+from kaylee_sync.store.txn import ETCD_MAX_TXN_OPS, Compare, Op, batches, packed
 from kaylee_sync.store.watching import WatchEvent, open_watch
 
 # Compare-and-swap retries before bump_restart gives up. Each failed attempt means another
@@ -216,8 +216,18 @@ class Store:
         )
         return bool(succeeded)
 
-    def apply_batched(self, ops: Sequence[Op], fence: Compare | None, batch: int = 64) -> int:
+    def apply_batched(
+        self,
+        ops: Sequence[Op],
+        fence: Compare | None,
+        batch: int = 64,
+        *,
+        groups: Sequence[Sequence[Op]] | None = None,
+    ) -> int:
         """Apply ``ops`` in transactions of at most ``batch`` ops; returns how many ran.
+
+        ``groups`` (the same ops, grouped) keeps each group in one transaction: a unit
+        and its rollout policy land together.
 
         Every transaction carries ``fence`` (e.g. ``master`` == my id, so a deposed leader
         writes nothing) and the ``guard`` of each of its ops. Batches are atomic one by
@@ -232,7 +242,7 @@ class Store:
             if op.key in seen:
                 raise ValueError(f"{op.key} appears twice in one batched apply")
             seen.add(op.key)
-        chunks = batches(list(ops), batch)
+        chunks = batches(list(ops), batch) if groups is None else packed(groups, batch)
         for number, chunk in enumerate(chunks, start=1):
             guards = [op.guard for op in chunk if op.guard is not None]
             compares = ([fence] if fence is not None else []) + guards

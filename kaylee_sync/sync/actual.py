@@ -22,6 +22,8 @@ activity does not look like drift.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from kaylee_sync.plan.model import ActualState, ActualUnit, Inventory, PruneHold, Suspension
 from kaylee_sync.store import Store, keys
 from kaylee_sync.sync.inventory import decode_inventory
@@ -42,6 +44,7 @@ def read_actual(store: Store) -> ActualState:
     inventory: Inventory | None = None
     inventory_revision = 0
     hold: PruneHold | None = None
+    policies: dict[str, tuple[str, int]] = {}
     count = highest = 0
     for stored in store.get_prefix(""):
         key = stored.key
@@ -51,6 +54,9 @@ def read_actual(store: Store) -> ActualState:
                 continue  # not a unit the store can address (written by hand with etcdctl)
             value = stored.value.decode("utf-8", errors="replace")
             units[name] = ActualUnit(name=name, value=value, mod_revision=stored.mod_revision)
+        elif key.startswith(keys.POLICY):
+            value = stored.value.decode("utf-8", errors="replace")
+            policies[key[len(keys.POLICY) :]] = (value, stored.mod_revision)
         elif key == keys.INVENTORY:
             inventory = decode_inventory(stored.value, key)
             inventory_revision = stored.mod_revision
@@ -63,6 +69,9 @@ def read_actual(store: Store) -> ActualState:
             continue
         count += 1
         highest = max(highest, stored.mod_revision)
+    for name, (policy, revision) in policies.items():
+        if name in units:
+            units[name] = replace(units[name], policy=policy, policy_revision=revision)
     return ActualState(
         units=units,
         inventory=inventory,
