@@ -14,6 +14,7 @@ from bench import (
     daemon_rss,
     failover,
     fleet_submit,
+    handover_under_load,
     repo_sync,
     rolling_update,
     scheduler_idle,
@@ -27,6 +28,7 @@ Benchmark = tuple[
 BENCHMARKS: dict[str, Benchmark] = {
     "scheduler_idle": (scheduler_idle.configure, scheduler_idle.run),
     "failover": (failover.configure, failover.run),
+    "handover_under_load": (handover_under_load.configure, handover_under_load.run),
     "repo_sync": (repo_sync.configure, repo_sync.run),
     "commit_latency": (commit_latency.configure, commit_latency.run),
     "fleet_submit": (fleet_submit.configure, fleet_submit.run),

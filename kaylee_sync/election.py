@@ -20,6 +20,11 @@ The rules that make this safe (see design.md, "Leader election" and "Fenced writ
   (Fenced writes protect the data even if leader work is slow to stop.)
 * Resign (SIGTERM): ``on_lost``, then revoke the lease: the key disappears at once and a
   standby takes over without waiting for the TTL.
+* Back after an outage: a leader that stepped down because etcd was unreachable leads
+  again at once if ``master`` still holds its id *at the create revision it won* and its
+  lease can still be renewed: the key never went away, so nobody else led meanwhile
+  (etcd keeps leases across a restart). Otherwise it revokes the lease, and ``master``
+  is free for the next campaign without waiting for the TTL.
 
 Callbacks run on the election thread (``on_lost`` from :meth:`Election.resign` may run on
 the caller's thread instead) and must be quick: set an event, never do the work there.
@@ -49,6 +54,9 @@ T = TypeVar("T")
 # How often a helper-thread call checks the leader deadline: bounds how late on_lost can
 # be when etcd hangs (well below any sensible safety margin).
 _DEADLINE_STEP = 0.05
+# Longest wait between two attempts while etcd is unreachable: an etcd that comes back
+# is noticed (and a leader elected) within about this long.
+_RETRY_CAP = 1.0
 # resign() waits this long for the election thread; it is a daemon thread, so a thread
 # stuck in a store call cannot keep the process alive anyway.
 _JOIN_TIMEOUT = 5.0
@@ -167,6 +175,8 @@ class Election:
         self._deadline: float | None = None
         # The lease we granted and have not revoked yet (leading, or left over).
         self._lease: int | None = None
+        self._won_revision = 0  # master's create revision while we hold it (0: unknown)
+        self._etcd_problem: str | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()  # master deleted (or stopping): campaign now
         self._crashed = False  # test hook: exit like a killed process would
@@ -181,6 +191,12 @@ class Election:
         # Also false past the deadline, even if the election thread has not caught up yet.
         with self._lock:
             return self._leader and self._deadline is not None and self._clock() < self._deadline
+
+    @property
+    def etcd_unreachable(self) -> str | None:
+        """Why the last election round trip to etcd failed; None once etcd answered again
+        (for ``/readyz``: a process that cannot reach etcd can neither lead nor stand by)."""
+        return self._etcd_problem
 
     @property
     def leader_deadline(self) -> float | None:
@@ -234,7 +250,9 @@ class Election:
                 except StoreError as exc:
                     failures += 1
                     # Capped at the poll interval so a recovered etcd is noticed quickly.
-                    delay = min(0.5 * 2 ** (failures - 1), self.settings.keepalive_interval)
+                    delay = min(
+                        0.5 * 2 ** (failures - 1), self.settings.keepalive_interval, _RETRY_CAP
+                    )
                     log.warning("leader election: %s; retrying in %.1fs", exc, delay)
                     self._stop.wait(delay)
                 except Exception:
@@ -249,9 +267,25 @@ class Election:
 
     def _campaign(self) -> bool:
         """Try to take ``master``; True when we now hold it."""
+        try:
+            won = self._try_campaign()
+        except StoreUnavailable as exc:
+            self._etcd_problem = str(exc)
+            raise
+        self._etcd_problem = None
+        return won
+
+    def _try_campaign(self) -> bool:
         with self._lock:
             stale, self._lease = self._lease, None
-        if stale is not None:
+        if stale is not None and self._etcd_problem is not None:
+            try:
+                if self._resume(stale):
+                    return True
+            except StoreUnavailable:
+                with self._lock:
+                    self._lease = stale  # try again next round
+                raise
             # Left over from lost leadership: revoke it so our old key (if any) goes now.
             try:
                 self._store.revoke(stale)
@@ -268,14 +302,37 @@ class Election:
         won = self._store.txn([Compare.missing(MASTER)], [Op.put(MASTER, self.identity, lease)])
         if not won:
             return False  # the next round revokes the unused lease
+        return self._become_leader(started, "elected leader as %s")
+
+    def _become_leader(self, started: float, message: str) -> bool:
+        """Lead from a lease confirmed at ``started``; False if resigned meanwhile."""
         with self._lock:
             if self._stop.is_set():
                 return False  # resigned meanwhile: _run's exit revokes the lease
             self._leader = True
             self._deadline = started + self.settings.renew_within
-        log.info("elected leader as %s", self.identity)
+        log.info(message, self.identity)
         self._notify(self._on_elected, "on_elected")
         return True
+
+    def _resume(self, lease: int) -> bool:
+        """Lead again on ``lease`` if ``master`` has been ours all along (see the module doc)."""
+        holder = self._store.get(MASTER)
+        if (
+            not self._won_revision
+            or holder is None
+            or holder.value != self.identity.encode()
+            or holder.create_revision != self._won_revision
+        ):
+            return False
+        started = self._clock()
+        if self._store.refresh_lease(lease) <= 0:
+            return False
+        with self._lock:
+            self._lease = lease
+        return self._become_leader(
+            started, "leading again as %s: master and its lease outlived the outage"
+        )
 
     def _lead(self) -> None:
         """Renew until leadership is lost or we stop."""
@@ -296,9 +353,14 @@ class Election:
                     problem = self._call_until(functools.partial(self._renew, lease), deadline)
             except _DeadlinePassed:
                 problem = f"etcd did not answer within {self.settings.renew_within:g}s"
+                self._etcd_problem = problem
             except StoreError as exc:
                 problem = str(exc)
-            if problem is not None:
+                if isinstance(exc, StoreUnavailable):
+                    self._etcd_problem = problem
+            if problem is None:
+                self._etcd_problem = None
+            else:
                 self._lose(problem)
                 return
             with self._lock:
@@ -315,6 +377,7 @@ class Election:
             return "the master key was deleted"
         if holder.value != self.identity.encode():
             return f"the master key is held by {holder.value.decode(errors='replace')}"
+        self._won_revision = holder.create_revision
         return None
 
     def _keepalive_interval(self) -> float:

@@ -13,7 +13,9 @@
     │   └── ConflictError       a compare-and-swap lost (someone else wrote first)
     └── FleetError              a fleet driver failed
         ├── FleetUnavailable    fleet (its etcd v2 registry or its API) cannot be reached
-        └── FleetNotFound       the fleet unit does not exist
+        ├── FleetNotFound       the fleet unit does not exist
+        ├── FleetConflict       a conditional write was refused: fleet changed since it was read
+        └── FleetFenced         a write was refused before it was sent: no live leader lease
 
 Third-party exceptions (etcd3, grpc, httpx, GitPython, yaml) never escape the adapter
 that called the library: they are wrapped in one of these with ``raise … from exc``.
@@ -95,3 +97,13 @@ class FleetUnavailable(FleetError):
 
 class FleetNotFound(FleetError):
     """The named fleet unit does not exist."""
+
+
+class FleetConflict(FleetError):
+    """A conditional fleet write was refused: what it was based on changed since it was
+    read (another writer, a destroy). Not a failure: the next pass reads again."""
+
+
+class FleetFenced(FleetError):
+    """A fleet write was refused before it was sent: this process no longer holds a live
+    leader lease by its own clock, or it is stopping. Nothing was written."""

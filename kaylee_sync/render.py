@@ -189,6 +189,12 @@ def _render_unit(
     return FleetUnit(name, render_options(spec, name, conflicts_for(spec, prefix, hash6, slot)))
 
 
+def kaylee_id(unit_name: str) -> str:
+    """The unit's id in its ``KAYLEE_ID`` environment and rkt uuid file: the name with
+    every character that is not ``[a-zA-Z0-9_.-]`` as ``_``, without ``.service``."""
+    return _NOT_ID_CHAR.sub("_", unit_name).removesuffix(".service")
+
+
 def render_options(
     spec: UnitSpec, unit_name: str, conflicts: Sequence[str]
 ) -> tuple[UnitOption, ...]:

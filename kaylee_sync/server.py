@@ -36,7 +36,14 @@ class SchedulerServer:
     ) -> None:
         self.identity = identity or make_identity()
         self.should_exit = threading.Event()
-        self.scheduler = Scheduler(store, fleet, scheduler, is_leader=lambda: self.is_leader)
+        self.scheduler = Scheduler(
+            store,
+            fleet,
+            scheduler,
+            is_leader=lambda: self.is_leader,
+            should_stop=self.should_exit.is_set,
+            identity=self.identity,
+        )
         self.election = Election(
             store,
             self.identity,

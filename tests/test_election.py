@@ -20,6 +20,7 @@ import pytest
 
 from kaylee_sync.election import Election, ElectionSettings, current_leader, make_identity
 from kaylee_sync.embedded_etcd import EmbeddedEtcd
+from kaylee_sync.errors import StoreUnavailable
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.store import MASTER, Store
 
@@ -391,3 +392,36 @@ def test_identity_is_host_pid_random() -> None:
     assert host and pid == str(os.getpid())
     assert len(rand) == 8 and int(rand, 16) >= 0
     assert make_identity() != make_identity()
+
+
+def test_a_leader_cut_off_from_etcd_leads_again_as_soon_as_etcd_answers(
+    candidate: Callable[..., Candidate], open_store: Callable[..., Store],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    settings = ElectionSettings(lease_ttl=6, safety_margin=3.0)
+    store = open_store()
+    c = candidate(settings, store=store)
+    assert c.calls.elected.wait(5)
+    renewals = record_renewals(store)
+    assert wait_until(lambda: bool(renewals), 5)  # a renewal confirmed the key is ours
+    held = store.get(MASTER)
+    assert held is not None
+    outage = threading.Event()
+    outage.set()
+    for name in ("get", "refresh_lease", "lease", "txn", "revoke"):
+        real = getattr(store, name)
+
+        def cut(*args: object, _real: Callable[..., object] = real) -> object:
+            if outage.is_set():
+                raise StoreUnavailable("cannot reach etcd at test: connection refused")
+            return _real(*args)
+
+        monkeypatch.setattr(store, name, cut)
+    assert c.calls.lost.wait(10)
+    assert c.election.etcd_unreachable is not None and not c.election.is_leader
+    assert wait_until(lambda: c.election.etcd_unreachable is not None, 5)
+    outage.clear()  # etcd is back before the lease ran out on the server
+    assert wait_until(lambda: len(c.calls.elected_at) == 2, 5)
+    assert c.election.etcd_unreachable is None and c.election.is_leader
+    again = store.get(MASTER)
+    assert again is not None and again.create_revision == held.create_revision

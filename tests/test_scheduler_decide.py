@@ -42,6 +42,8 @@ class World:
         self.now = 0.0
         self.timers = Timers()
         self.failed_hash = ""
+        self.settling = False
+        self.silent: set[str] = set()  # units whose states expired (nothing reported)
         self.history: list[Decision] = []
 
     def add_running(self, name: str) -> None:
@@ -58,7 +60,9 @@ class World:
 
     def states(self) -> dict[str, list[UnitState]]:
         return {
-            n: [UnitState(n, "h", "m1", "loaded", "active", self.sub_state(n))] for n in self.units
+            n: [UnitState(n, "h", "m1", "loaded", "active", self.sub_state(n))]
+            for n in self.units
+            if n not in self.silent
         }
 
     def running(self, hash6: str | None = None) -> int:
@@ -77,7 +81,7 @@ class World:
             parsed = parse_unit_name(unit.name)
             if parsed is not None and parsed.unit == name:
                 ours.append((parsed, unit))
-        view = UnitView(name, "k2", spec, generation, ours, states, self.failed_hash)
+        view = UnitView(name, "k2", spec, generation, ours, states, self.failed_hash, self.settling)
         decision = decide(view, self.timers, self.now, TIMING)
         for action in decision.actions:
             self.apply(action)
@@ -267,3 +271,65 @@ def test_every_replica_count_converges_from_scratch(replicas: int) -> None:
     world = World(start_delay=2)
     world.run(spec, until="steady")
     assert world.running(spec_hash6(spec)) == replicas
+
+
+# -- unknown is not dead (issue 10) -------------------------------------------------------
+
+
+def test_old_replicas_reporting_no_state_count_as_serving_and_are_never_stopped() -> None:
+    world = World(start_delay=2)
+    world.run(WEB, until="steady")
+    old = set(world.units)
+    world.silent = set(old)  # etcd stalled: every state expired
+    new = dataclasses.replace(WEB, apps=(App("docker://web:2"),))
+    for _ in range(50):
+        decision = world.step(new)
+        world.silent |= {n for n in world.units if n not in old}  # nor do the new ones
+        world.now += 1
+        assert not [a for a in decision.actions if isinstance(a, Stop | Destroy)], decision
+    assert old <= set(world.units) and all(world.units[n].desired_state == LAUNCHED for n in old)
+    assert "4 old still serving" in decision.message
+
+
+def test_while_settling_silent_instances_are_not_stopped_and_no_timeout_is_judged() -> None:
+    single = UnitSpec(name="db", apps=(App("docker://db:1"),))
+    world = World()
+    world.run(single, until="steady", name="db")
+    world.silent = set(world.units)
+    world.settling = True
+    new = dataclasses.replace(single, apps=(App("docker://db:2"),))
+    decision = world.step(new, name="db")
+    assert decision.actions == () and "report the state" in decision.message
+    world.settling = False  # settled: replacing a non-replica unit stops it, as designed
+    assert [type(a) for a in world.step(new, name="db").actions] == [Stop]
+
+    world = World(never_start=["web:2"])
+    world.run(WEB, until="steady")
+    world.run(dataclasses.replace(WEB, apps=(App("docker://web:2"),)), until="rolling")
+    world.silent = set(world.units)
+    world.settling = True
+    world.now += TIMING.rollout_timeout * 2
+    decision = world.step(dataclasses.replace(WEB, apps=(App("docker://web:2"),)))
+    assert decision.phase == "rolling" and not decision.failed_hash
+
+
+def test_a_stopped_unit_reporting_nothing_waits_for_the_destroy_timeout() -> None:
+    world = World()
+    world.run(WEB, until="steady")
+    name = sorted(world.units)[0]
+    world.apply(Stop(name))
+    world.silent = {name}
+    world.timers.stop_requested_at.clear()
+    assert Destroy(name) not in world.step(None).actions
+    world.now += TIMING.destroy_timeout
+    assert Destroy(name) in world.step(None).actions
+
+
+def test_a_unit_fleet_never_placed_is_known_not_to_run() -> None:
+    world = World()
+    world.run(WEB, until="steady")
+    name = sorted(world.units)[0]
+    world.units[name] = dataclasses.replace(world.units[name], desired_state=LOADED, machine_id="")
+    world.silent = {name}
+    world.timers.stop_requested_at.clear()
+    assert Destroy(name) in world.step(None).actions

@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kaylee_sync.daemon.http import HttpServer
 from kaylee_sync.daemon.metrics import Metrics
@@ -76,14 +77,15 @@ class _MeasuredScheduler(Scheduler):
         *,
         is_leader: Callable[[], bool],
         metrics: Metrics,
+        **fencing: Any,
     ) -> None:
-        super().__init__(store, fleet, settings, is_leader=is_leader)
+        super().__init__(store, fleet, settings, is_leader=is_leader, **fencing)
         self.metrics = metrics
 
     def run_pass(self) -> list[Decision]:
         decisions = super().run_pass()
         if self.is_leader():  # an abandoned pass has not looked at every unit
-            phases = Counter(d.phase for d in decisions if d.phase != "deleted")
+            phases = Counter(d.phase.value for d in decisions if d.phase != "deleted")
             self.metrics.set_rollouts(phases)
         return decisions
 
@@ -111,7 +113,13 @@ class Daemon:
         )
         self.scheduler: Scheduler | None = (
             _MeasuredScheduler(
-                store, fleet, settings.scheduler, is_leader=self.is_leader, metrics=self.metrics
+                store,
+                fleet,
+                settings.scheduler,
+                is_leader=self.is_leader,
+                metrics=self.metrics,
+                should_stop=self.should_exit.is_set,
+                identity=self.identity,
             )
             if fleet is not None and settings.schedule
             else None
@@ -179,6 +187,8 @@ class Daemon:
                 self.notifier.watchdog()
 
     def _ready(self) -> tuple[bool, str]:
+        if (problem := self.election.etcd_unreachable) is not None:
+            return False, f"etcd unreachable: {problem}"
         if self.is_leader():
             result = self.last_result
             if result is None:

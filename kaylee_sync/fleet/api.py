@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import os
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 
-from kaylee_sync.errors import FleetError, FleetNotFound, FleetUnavailable
-from kaylee_sync.fleet.model import INACTIVE, LAUNCHED, FleetUnit, Machine, UnitState
+from kaylee_sync.errors import FleetConflict, FleetError, FleetNotFound, FleetUnavailable
+from kaylee_sync.fleet.guarded import guarded_transport
+from kaylee_sync.fleet.model import INACTIVE, LAUNCHED, Debris, FleetUnit, Machine, UnitState
 from kaylee_sync.fleet.model import check_state as _check_state
 from kaylee_sync.fleet.throttle import Throttle
 from kaylee_sync.unitfile import UnitFileError, UnitOption, parse, serialize
@@ -58,11 +59,12 @@ class ApiDriver:
     ) -> None:
         parts = urlsplit(endpoint)
         self.throttle = throttle or Throttle()
+        self._guard: Callable[[str], None] | None = None
         self._socket: str | None = None
         if parts.scheme == "unix":
             socket_path = self._socket = parts.path or parts.netloc
             self.endpoint = f"unix://{socket_path}"
-            transport = httpx.HTTPTransport(uds=socket_path)
+            transport = guarded_transport(self._check_write, uds=socket_path)
             # the host is only a placeholder for the Host header: the socket decides
             self._http = httpx.Client(transport=transport, base_url="http://fleet", timeout=timeout)
         elif parts.scheme in ("http", "https"):
@@ -73,12 +75,17 @@ class ApiDriver:
                 verify = ssl.create_default_context(cafile=ca_cert)
                 if cert:
                     verify.load_cert_chain(cert, key)
-            self._http = httpx.Client(base_url=self.endpoint, verify=verify, timeout=timeout)
+            transport = guarded_transport(self._check_write, verify=verify)
+            self._http = httpx.Client(base_url=self.endpoint, transport=transport, timeout=timeout)
         else:
             raise ValueError(f"fleet API endpoint must be unix://, http:// or https://: {endpoint}")
 
     def __repr__(self) -> str:
         return f"ApiDriver({self.endpoint!r})"
+
+    def _check_write(self, what: str) -> None:
+        if self._guard is not None:
+            self._guard(what)
 
     def close(self) -> None:
         self._http.close()
@@ -108,6 +115,8 @@ class ApiDriver:
                 raise FleetUnavailable(f"fleet API {self.endpoint}: {what}: no such socket")
             headers = {"Content-Type": "application/json"} if body is not None else {}
             content = json.dumps(body).encode() if body is not None else None
+            if method != "GET":
+                self._check_write(what)
             try:
                 resp = self._http.request(
                     method, "/fleet/v1/" + path, params=params, content=content, headers=headers
@@ -120,11 +129,16 @@ class ApiDriver:
         return self.throttle.call(what, call, write=method != "GET")
 
     def _pages(self, path: str, field: str) -> list[dict[str, Any]]:
+        """Every object of every page; anything that is not a JSON object is skipped."""
         items: list[dict[str, Any]] = []
         params: dict[str, str] = {}
         while True:
             page = self._request("GET", path, params=params) or {}
-            items.extend(page.get(field) or [])
+            if not isinstance(page, dict):
+                raise FleetUnavailable(f"fleet API {self.endpoint}: GET {path}: not a JSON object")
+            listed = page.get(field)
+            if isinstance(listed, list):
+                items.extend(i for i in listed if isinstance(i, dict))
             token = page.get("nextPageToken")
             if not token:
                 return items
@@ -137,7 +151,8 @@ class ApiDriver:
 
     def unit(self, name: str) -> FleetUnit | None:
         try:
-            return _unit(self._request("GET", "units/" + _segment(name)))
+            raw = self._request("GET", "units/" + _segment(name))
+            return _unit(raw if isinstance(raw, dict) else {"name": name})
         except FleetNotFound:
             return None
 
@@ -163,19 +178,37 @@ class ApiDriver:
             Machine(
                 id=str(m.get("id", "")),
                 public_ip=str(m.get("primaryIP", "")),
-                metadata={str(k): str(v) for k, v in (m.get("metadata") or {}).items()},
+                metadata=_str_map(m.get("metadata")),
             )
             for m in self._pages("machines", "machines")
         ]
         return sorted(machines, key=lambda m: m.id)
 
     # -- writing --------------------------------------------------------------------
+    #
+    # Fencing: the throttle's guard checks the leader lease right before each request
+    # is sent. fleet's API has no conditional requests (no ETag, no precondition), so the
+    # strongest it allows is read-compare-write: each write first re-reads the unit and
+    # refuses (FleetConflict) if it is not what the caller saw. That narrows a stale
+    # writer's window to one round trip but cannot close it, unlike the registry
+    # driver's compare-and-swap (docs/architecture.md, "Fencing fleet writes").
+
+    def set_write_guard(self, guard: Callable[[str], None] | None) -> None:
+        self.throttle.guard = guard  # before each attempt, retries included
+        self._guard = guard  # and once more right before the request
 
     def create_unit(
-        self, name: str, options: Sequence[UnitOption], desired_state: str = LAUNCHED
+        self,
+        name: str,
+        options: Sequence[UnitOption],
+        desired_state: str = LAUNCHED,
+        *,
+        fresh: bool = False,
     ) -> None:
         _check_state(desired_state)
         current = self.unit(name)
+        if fresh and current is not None:
+            raise FleetConflict(f"fleet unit {name} appeared since it was read")
         same = current is not None and current.options == _canonical(options)
         if same and current is not None and current.desired_state == desired_state:
             return  # fleetd would rewrite target-state anyway: keep every agent asleep
@@ -186,29 +219,53 @@ class ApiDriver:
             ]
         self._request("PUT", "units/" + _segment(name), body=body)
 
-    def set_target_state(self, name: str, state: str) -> None:
-        _check_state(state)
+    def _recheck(self, name: str, seen: FleetUnit | None) -> FleetUnit:
         current = self.unit(name)
         if current is None:
+            if seen is not None:
+                raise FleetConflict(f"fleet unit {name} was destroyed since it was read")
             raise FleetNotFound(f"fleet unit {name} does not exist")
+        if seen is not None and (
+            current.desired_state != seen.desired_state or current.options != seen.options
+        ):
+            raise FleetConflict(f"fleet unit {name} changed since it was read")
+        return current
+
+    def set_target_state(self, name: str, state: str, *, seen: FleetUnit | None = None) -> None:
+        _check_state(state)
+        current = self._recheck(name, seen)
         if current.desired_state != state:
             body = {"name": name, "desiredState": state}
             self._request("PUT", "units/" + _segment(name), body=body)
 
-    def destroy_unit(self, name: str) -> None:
+    def destroy_unit(self, name: str, *, seen: FleetUnit | None = None) -> None:
+        if seen is not None:
+            self._recheck(name, seen)
         self._request("DELETE", "units/" + _segment(name))
+
+    def debris(self, unit_prefix: str) -> list[Debris]:
+        return []  # fleetd hides jobs without an object and unit bodies: nothing to see
+
+    def clean(self, item: Debris) -> None:
+        raise FleetError(f"the fleet API cannot remove {item.key}")
 
 
 def _segment(name: str) -> str:
     return quote(name, safe=":@")
 
 
+def _str_map(raw: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
 def _unit(raw: Mapping[str, Any]) -> FleetUnit:
+    options = raw.get("options")
     return FleetUnit(
         name=str(raw.get("name", "")),
         options=tuple(
             UnitOption(str(o.get("section", "")), str(o.get("name", "")), str(o.get("value", "")))
-            for o in raw.get("options") or ()
+            for o in (options if isinstance(options, list) else ())
+            if isinstance(o, dict)
         ),
         desired_state=str(raw.get("desiredState") or INACTIVE),
         current_state=str(raw.get("currentState") or INACTIVE),

@@ -12,6 +12,7 @@ Errors (every httpx error is wrapped here, ``raise … from exc``)::
     │   ├── CompareFailed       101 prevValue / prevIndex did not match
     │   ├── NotAFile            102 the key is a directory
     │   ├── AlreadyExists       105 create() of an existing key
+    │   ├── NotEmpty            108 a plain (non-recursive) delete of a non-empty directory
     │   ├── Unauthorized        110 wrong or missing user/password (names the user only)
     │   └── EventIndexCleared   401 watch index too old: read again, then watch
     └── FleetUnavailable
@@ -25,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -33,6 +34,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 
 from kaylee_sync.errors import FleetError, FleetUnavailable
+from kaylee_sync.fleet.guarded import guarded_transport
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ class AlreadyExists(Etcd2Error):
     """errorCode 105: create() (prevExist=false) found the key already there."""
 
 
+class NotEmpty(Etcd2Error):
+    """errorCode 108: delete(dir=True) found the directory not empty."""
+
+
 class Unauthorized(Etcd2Error):
     """errorCode 110: the cluster has auth on and refused our credentials (or none)."""
 
@@ -79,6 +85,7 @@ _ERRORS: dict[int, type[Etcd2Error]] = {
     101: CompareFailed,
     102: NotAFile,
     105: AlreadyExists,
+    108: NotEmpty,
     110: Unauthorized,
     401: EventIndexCleared,
 }
@@ -181,8 +188,17 @@ class Etcd2Client:
                 verify.load_cert_chain(cert, key)
         self.username = username  # shown in errors; the password never is
         auth = httpx.BasicAuth(username, password or "") if username is not None else None
-        self._http = httpx.Client(verify=verify, auth=auth, timeout=timeout)
+        #: called with a description of each write right before it is sent — before each
+        #: endpoint is tried, and again on the socket (guarded.py); raising refuses it.
+        #: The fleet drivers' lease guard (see throttle.py).
+        self.before_write: Callable[[str], None] | None = None
+        transport = guarded_transport(self._check_write, verify=verify)
+        self._http = httpx.Client(auth=auth, timeout=timeout, transport=transport)
         self._current = 0
+
+    def _check_write(self, what: str) -> None:
+        if self.before_write is not None:
+            self.before_write(what)
 
     def __repr__(self) -> str:
         return f"Etcd2Client({list(self.endpoints)!r})"
@@ -308,6 +324,8 @@ class Etcd2Client:
         for attempt in range(count):
             i = (self._current + attempt) % count
             endpoint = self.endpoints[i]
+            if method != "GET":
+                self._check_write(f"{method} {key}")
             try:
                 resp = self._http.request(
                     method, endpoint + path, params=params, data=data, timeout=timeout

@@ -41,6 +41,11 @@ class FleetUnit:
     desired_state: str
     current_state: str = INACTIVE
     machine_id: str = ""
+    object_index: int = field(default=0, compare=False)
+    """etcd v2 modifiedIndex of ``job/<name>/object`` when read (registry driver; 0:
+    unknown). Writes based on this reading are conditional on it (fencing)."""
+    state_index: int = field(default=0, compare=False)
+    """etcd v2 modifiedIndex of ``job/<name>/target-state`` when read (0: absent/unknown)."""
 
     @property
     def hash(self) -> str:
@@ -67,3 +72,19 @@ class Machine:
     id: str
     public_ip: str = ""
     metadata: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Debris:
+    """Registry leftovers a crash or a stale writer can leave under our unit prefix.
+
+    ``kind`` is ``job`` (a job directory without ``object``, or whose ``object`` names a
+    unit body that is missing: fleet ignores it, and it blocks creating the unit) or
+    ``body`` (a ``unit/<hash>`` of ours that no job refers to). ``index`` is the highest
+    etcd v2 index seen under ``key``: cleaning is conditional on it.
+    """
+
+    kind: str
+    key: str
+    index: int
+    reason: str

@@ -7,10 +7,10 @@ so both drivers implement this Protocol and the tests can swap either in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from kaylee_sync.fleet.model import FleetUnit, Machine, UnitState
+from kaylee_sync.fleet.model import Debris, FleetUnit, Machine, UnitState
 from kaylee_sync.unitfile import UnitOption
 
 
@@ -18,7 +18,9 @@ class FleetClient(Protocol):
     """fleet's units, their reported states and its machines.
 
     Errors: FleetUnavailable when fleet cannot be reached (after the driver's own
-    bounded retries), FleetNotFound for a unit that does not exist, FleetError otherwise.
+    bounded retries), FleetNotFound for a unit that does not exist, FleetConflict when a
+    write conditional on an earlier reading (``fresh``, ``seen``) found fleet changed,
+    FleetFenced when the write guard refused to send, FleetError otherwise.
     """
 
     def units(self) -> list[FleetUnit]:
@@ -49,20 +51,43 @@ class FleetClient(Protocol):
         """Release the driver's connections."""
         ...
 
+    def set_write_guard(self, guard: Callable[[str], None] | None) -> None:
+        """Run ``guard(what)`` right before every write is sent (it raises to refuse)."""
+        ...
+
     def create_unit(
-        self, name: str, options: Sequence[UnitOption], desired_state: str = "launched"
+        self,
+        name: str,
+        options: Sequence[UnitOption],
+        desired_state: str = "launched",
+        *,
+        fresh: bool = False,
     ) -> None:
         """Submit a unit (replacing one with other options) and set its target state.
 
         A unit already there with the same options and target state is left untouched:
-        nothing is written.
+        nothing is written. ``fresh``: the caller saw no such unit; if one exists now,
+        nothing is replaced and FleetConflict is raised.
         """
         ...
 
-    def set_target_state(self, name: str, state: str) -> None:
-        """Set the target state (inactive, loaded, launched); FleetNotFound if no unit."""
+    def set_target_state(self, name: str, state: str, *, seen: FleetUnit | None = None) -> None:
+        """Set the target state (inactive, loaded, launched); FleetNotFound if no unit.
+
+        ``seen``: the unit as the caller read it; the write is refused (FleetConflict)
+        if the unit changed or was destroyed since.
+        """
         ...
 
-    def destroy_unit(self, name: str) -> None:
-        """Remove the unit from fleet; FleetNotFound if there is none."""
+    def destroy_unit(self, name: str, *, seen: FleetUnit | None = None) -> None:
+        """Remove the unit from fleet; FleetNotFound if there is none (``seen``: as above)."""
+        ...
+
+    def debris(self, unit_prefix: str) -> list[Debris]:
+        """Leftovers under ``<unit_prefix>:`` names only that a crash or a stale writer
+        can leave (empty where the driver cannot see them)."""
+        ...
+
+    def clean(self, item: Debris) -> None:
+        """Remove one piece of debris, conditional on it being unchanged (FleetConflict)."""
         ...

@@ -10,16 +10,33 @@ keys are never rewritten. The layout is documented in fleet-registry.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from kaylee_sync.errors import FleetNotFound
-from kaylee_sync.fleet.etcd2 import AlreadyExists, Etcd2Client, Node
-from kaylee_sync.fleet.model import INACTIVE, LAUNCHED, LOADED, FleetUnit, Machine, UnitState
+from kaylee_sync.errors import FleetConflict, FleetNotFound
+from kaylee_sync.fleet.etcd2 import (
+    AlreadyExists,
+    CompareFailed,
+    Etcd2Client,
+    KeyNotFound,
+    Node,
+    NotEmpty,
+)
+from kaylee_sync.fleet.model import (
+    INACTIVE,
+    LAUNCHED,
+    LOADED,
+    Debris,
+    FleetUnit,
+    Machine,
+    UnitState,
+)
 from kaylee_sync.fleet.model import check_state as _check_state
 from kaylee_sync.fleet.throttle import Throttle
+from kaylee_sync.render import kaylee_id
 from kaylee_sync.unitfile import UnitFileError, UnitOption, parse, serialize, unit_hash
 
 log = logging.getLogger(__name__)
@@ -160,7 +177,8 @@ class RegistryDriver:
             if hash_hex:  # fleet skips such a job too (getUnitFromObjectNode)
                 log.warning("fleet job %s refers to unit %s, which is missing", name, hash_hex)
             return None
-        values = {key: child.value or "" for key, child in _children(d).items()}
+        parts = _children(d)
+        values = {key: child.value or "" for key, child in parts.items()}
         target = values.get("target", "")
         return FleetUnit(
             name=name,
@@ -168,6 +186,8 @@ class RegistryDriver:
             desired_state=values.get("target-state") or INACTIVE,
             current_state=job_state(target, values.get("job-state", ""), reported(name, target)),
             machine_id=target,
+            object_index=parts["object"].modified_index if "object" in parts else 0,
+            state_index=parts["target-state"].modified_index if "target-state" in parts else 0,
         )
 
     def _load_texts(self, hashes: set[str]) -> None:
@@ -204,7 +224,9 @@ class RegistryDriver:
                 if not isinstance(raw, dict):
                     log.warning("unreadable fleet unit state at %s", node.key)
                     continue
-                machine = raw.get("machineState") or {}
+                machine = raw.get("machineState")
+                if not isinstance(machine, dict):
+                    machine = {}  # fleet writes an object; anything else names no machine
                 out.append(
                     UnitState(
                         name=unit.name,
@@ -225,7 +247,12 @@ class RegistryDriver:
             obj = _json(parts.get("object", Node("")).value)
             if not isinstance(obj, dict) or not obj.get("ID"):
                 continue  # metadata left behind by a machine that is gone
-            metadata = {str(k): str(v) for k, v in (obj.get("Metadata") or {}).items()}
+            raw_metadata = obj.get("Metadata")
+            metadata = (
+                {str(k): str(v) for k, v in raw_metadata.items()}
+                if isinstance(raw_metadata, dict)
+                else {}
+            )
             for entry in parts.get("metadata", Node("")).nodes:
                 if entry.value:
                     metadata[entry.name] = entry.value
@@ -235,25 +262,62 @@ class RegistryDriver:
         return sorted(out, key=lambda m: m.id)
 
     # -- writing --------------------------------------------------------------------
+    #
+    # Fencing (design.md "Fencing fleet writes"): every write goes through the throttle,
+    # whose guard checks the leader lease right before sending, and every write is a
+    # v2 compare-and-swap on what the caller read: ``create`` (prevExist=false) for keys
+    # it saw absent, ``prevIndex`` for keys it saw. v2 compares one key at a time, so a
+    # ``target-state`` write compares the target-state's own index: that key is only
+    # ever removed together with its job, so an unchanged index means the job was
+    # neither destroyed nor re-created since it was read, and a stale writer cannot
+    # resurrect a destroyed job or overwrite a newer target state.
+
+    def set_write_guard(self, guard: Callable[[str], None] | None) -> None:
+        self.throttle.guard = guard  # before each attempt, retries included
+        self.client.before_write = guard  # and once more right before the request
 
     def _write(self, what: str, fn: Callable[[], T]) -> T:
-        return self.throttle.call(what, fn, write=True)
+        try:
+            return self.throttle.call(what, fn, write=True)
+        except (CompareFailed, AlreadyExists, KeyNotFound, NotEmpty) as exc:
+            raise FleetConflict(f"fleet {what}: refused, the registry changed: {exc}") from exc
 
     def create_unit(
-        self, name: str, options: Sequence[UnitOption], desired_state: str = LAUNCHED
+        self,
+        name: str,
+        options: Sequence[UnitOption],
+        desired_state: str = LAUNCHED,
+        *,
+        fresh: bool = False,
     ) -> None:
         _check_state(desired_state)
         options = tuple(options)
         hash_hex = unit_hash(options)
+        object_key = self._key("job", name, "object")
+        state_key = self._key("job", name, "target-state")
+        if fresh:
+            # The caller saw no such job: every key is created, never overwritten.
+            self._store_unit(hash_hex, options)
+            value = job_object_json(name, hash_hex)
+            self._write(f"create {object_key}", lambda: self.client.create(object_key, value))
+            self._write(f"create {state_key}", lambda: self.client.create(state_key, desired_state))
+            return
         current = _children(self._get(self._key("job", name), recursive=True))
-        obj = _json(current.get("object", Node("")).value)
+        obj_node = current.get("object")
+        obj = _json(obj_node.value if obj_node else None)
         if _hash_of(obj) != hash_hex or not isinstance(obj, dict) or obj.get("Name") != name:
             self._store_unit(hash_hex, options)
-            key = self._key("job", name, "object")
-            self._write(f"set {key}", lambda: self.client.set(key, job_object_json(name, hash_hex)))
-        if current.get("target-state", Node("")).value != desired_state:
-            key = self._key("job", name, "target-state")
-            self._write(f"set {key}", lambda: self.client.set(key, desired_state))
+            value = job_object_json(name, hash_hex)
+            self._write(f"set {object_key}", lambda: self._swap(object_key, value, obj_node))
+        existing = current.get("target-state")
+        if existing is None or existing.value != desired_state:
+            self._write(f"set {state_key}", lambda: self._swap(state_key, desired_state, existing))
+
+    def _swap(self, key: str, value: str, read: Node | None) -> Node:
+        """Write ``key`` only if it is as read: absent, or unchanged since ``read``."""
+        if read is None:
+            return self.client.create(key, value)
+        return self.client.set(key, value, prev_index=read.modified_index)
 
     def _store_unit(self, hash_hex: str, options: tuple[UnitOption, ...]) -> None:
         key = self._key("unit", hash_hex)
@@ -267,23 +331,101 @@ class RegistryDriver:
         self._write(f"create {key}", create)
         self._texts.setdefault(hash_hex, options)
 
-    def set_target_state(self, name: str, state: str) -> None:
+    def set_target_state(self, name: str, state: str, *, seen: FleetUnit | None = None) -> None:
         _check_state(state)
+        key = self._key("job", name, "target-state")
+        if seen is not None and seen.state_index:
+            if seen.desired_state != state:
+                index = seen.state_index
+                self._write(f"set {key}", lambda: self.client.set(key, state, prev_index=index))
+            return
         current = _children(self._get(self._key("job", name), recursive=True))
-        if "object" not in current:
+        obj = current.get("object")
+        if obj is None:
             raise FleetNotFound(f"fleet unit {name} does not exist")
+        if seen is not None and seen.object_index and obj.modified_index != seen.object_index:
+            raise FleetConflict(f"fleet unit {name} was replaced since it was read")
         existing = current.get("target-state")
         if existing is not None and existing.value == state:
             return
-        key = self._key("job", name, "target-state")
-        # prevExist keeps a concurrent destroy from being undone by a stray target-state
-        prev = True if existing is not None else None
-        self._write(f"set {key}", lambda: self.client.set(key, state, prev_exist=prev))
+        # compare-and-swap: a concurrent destroy is never undone by a stray target-state
+        self._write(f"set {key}", lambda: self._swap(key, state, existing))
 
-    def destroy_unit(self, name: str) -> None:
+    def destroy_unit(self, name: str, *, seen: FleetUnit | None = None) -> None:
         key = self._key("job", name)
-        if not self._write(f"delete {key}", lambda: self.client.delete(key, recursive=True)):
+        if seen is not None and (seen.state_index or seen.object_index):
+            # A directory cannot be compared: compare-and-delete the key that was read
+            # first (the fence), then remove what is left of the job.
+            part, index = (
+                ("target-state", seen.state_index)
+                if seen.state_index
+                else ("object", seen.object_index)
+            )
+            first = self._key("job", name, part)
+            self._write(f"delete {first}", lambda: self._delete_at(first, index))
+        gone = not self._write(f"delete {key}", lambda: self.client.delete(key, recursive=True))
+        if gone and seen is None:
             raise FleetNotFound(f"fleet unit {name} does not exist")
+
+    def _delete_at(self, key: str, index: int) -> None:
+        if not self.client.delete(key, prev_index=index):
+            raise KeyNotFound(f"etcd v2: {key} is gone", 100)
+
+    # -- repair ---------------------------------------------------------------------
+
+    def debris(self, unit_prefix: str) -> list[Debris]:
+        mine = unit_prefix + ":"
+        jobs = _children(self._get(self._key("job"), recursive=True))
+        bodies = _children(self._get(self._key("unit"), recursive=True))
+        out: list[Debris] = []
+        referenced: set[str] = set()
+        for name, d in sorted(jobs.items()):
+            parts = _children(d)
+            hash_hex = _hash_of(_json(parts["object"].value)) if "object" in parts else ""
+            referenced.add(hash_hex)
+            if not name.startswith(mine):
+                continue  # never anyone else's
+            index = max(n.modified_index for n in d.walk())
+            if "object" not in parts:
+                out.append(Debris("job", d.key, index, "job directory without an object"))
+            elif hash_hex and hash_hex not in bodies:
+                out.append(Debris("job", d.key, index, f"its unit body {hash_hex} is missing"))
+        # Bodies carry no name; ours are recognised by the KAYLEE_ID our renderer writes.
+        marker = f"KAYLEE_ID={kaylee_id(mine)}"
+        for hash_hex, node in sorted(bodies.items()):
+            raw = _json(node.value)
+            text = raw.get("Raw") if isinstance(raw, dict) else None
+            if hash_hex in referenced or not isinstance(text, str) or marker not in text:
+                continue
+            try:
+                ours = any(
+                    o.section == "Service"
+                    and o.name == "Environment"
+                    and o.value.startswith(marker)
+                    for o in parse(text)
+                )
+            except UnitFileError:
+                continue  # not ours to judge
+            if ours:
+                out.append(Debris("body", node.key, node.modified_index, "no job refers to it"))
+        return out
+
+    def clean(self, item: Debris) -> None:
+        if item.kind == "body":
+            self._write(f"delete {item.key}", lambda: self._delete_at(item.key, item.index))
+            self._texts.pop(item.key.rsplit("/", 1)[-1], None)
+            return
+        node = self._get(item.key, recursive=True)
+        if node is None:
+            return
+        if max(n.modified_index for n in node.walk()) != item.index:
+            raise FleetConflict(f"fleet {item.key} changed since it was found")
+        for child in node.walk()[1:]:
+            if not child.dir:
+                delete = functools.partial(self._delete_at, child.key, child.modified_index)
+                self._write(f"delete {child.key}", delete)
+        # A plain directory delete fails if anything was written into it meanwhile.
+        self._write(f"delete {item.key}", lambda: self.client.delete(item.key, dir=True))
 
 
 def _hash_of(obj: Any) -> str:

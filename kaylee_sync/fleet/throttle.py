@@ -8,6 +8,12 @@ slowed, while a bug that writes in a tight loop is held to a rate etcd and the a
 survive. Transient failures (FleetUnavailable: etcd or fleetd unreachable, leader
 election) are retried a bounded number of times with exponential backoff and full
 jitter, so that several kaylee-sync processes do not retry in lockstep.
+
+The write *guard* is the fence of a leader's writes (design.md, "Fencing fleet writes"):
+a callable run right before every write attempt is sent — after the wait for a token
+and after every retry's backoff — that raises (FleetFenced) when this process no longer
+holds a live leader lease or is stopping. A paused or deposed leader therefore never
+sends a write, not even the retry of one it started while it still led.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class Throttle:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     rand: Callable[[float, float], float] = random.uniform
+    guard: Callable[[str], None] | None = None
+    """Called with a description of each write right before it is sent; raises to refuse."""
     _tokens: float = field(default=-1.0, init=False, repr=False)
     _stamp: float = field(default=0.0, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -75,6 +83,10 @@ class Throttle:
         for attempt in range(1, attempts + 1):
             if write:
                 self.acquire()
+            if self.guard is not None and (write or attempt > 1):
+                # the last moment before sending (a refusal propagates); a read is only
+                # checked before a retry, so a stopping process does not retry for long
+                self.guard(what)
             try:
                 return fn()
             except FleetUnavailable as exc:

@@ -26,6 +26,15 @@ Rules (design.md "Rollouts"):
 - destroying is: target-state ``loaded``, wait for ``dead`` (≤ ``destroy_timeout``),
   then destroy.
 - a deleted spec destroys all of its fleet units.
+
+Unknown is not dead. fleet's unit states live under a 30 s TTL: after an etcd stall, a
+partition or a failover they are missing for a while although the units run on. So a
+launched unit with *no* reported state counts as serving for the rolling floor and is
+never stopped or destroyed because of that absence; "not running" needs an agent to say
+so (or fleet to have no machine for it). While the scheduler is *settling* (just
+elected, or just recovered from a failed read: agents may not have republished yet), a
+unit with a launched fleet unit that reports nothing gets no stop, no destroy and no
+timeout judgement at all until its states are back or the settling time is over.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kaylee_sync.fleet.model import LAUNCHED, LOADED, FleetUnit, UnitState
+from kaylee_sync.health import Phase
 from kaylee_sync.render import UnitName, conflicts_for, render_options, slot_ids
 from kaylee_sync.spec.codec import spec_hash6
 from kaylee_sync.spec.model import UnitSpec
@@ -44,6 +54,7 @@ from kaylee_sync.unitfile import UnitOption
 RUNNING = "running"
 DEAD_SUB_STATES = frozenset({"dead", "failed"})
 MAX_REPLICAS = 1000
+_TRUTHY = frozenset({"true", "yes", "1", "on", "t"})  # fleet's spellings of Global=true
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ class Decision:
 
     unit: str
     actions: tuple[Action, ...]
-    phase: str  # steady | deploying | rolling | scaling | replacing | failed | deleting | waiting
+    phase: Phase
     hash6: str = ""
     desired: int = 0
     running: int = 0
@@ -132,6 +143,7 @@ class UnitView:
     units: Sequence[tuple[UnitName, FleetUnit]]
     states: Mapping[str, Sequence[UnitState]]
     failed_hash: str = ""  # a hash whose rollout failed: not retried until the spec changes
+    settling: bool = False  # states may still be missing after an election or a stall
 
 
 def is_running(states: Sequence[UnitState]) -> bool:
@@ -140,7 +152,41 @@ def is_running(states: Sequence[UnitState]) -> bool:
 
 
 def is_dead(states: Sequence[UnitState]) -> bool:
-    return not states or all(s.sub_state in DEAD_SUB_STATES for s in states)
+    """Every machine that reports the unit reports it dead (nothing reported: unknown)."""
+    return bool(states) and all(s.sub_state in DEAD_SUB_STATES for s in states)
+
+
+def is_global(unit: FleetUnit) -> bool:
+    return any(
+        o.section == "X-Fleet" and o.name == "Global" and o.value.lower() in _TRUTHY
+        for o in unit.options
+    )
+
+
+def serving(unit: FleetUnit, states: Sequence[UnitState]) -> bool | None:
+    """Whether ``unit`` serves: True/False when fleet says so, None when unknown.
+
+    Without a reported state, only a non-global unit that fleet has not placed on any
+    machine is known not to run; anything else may well be running unseen.
+    """
+    if states:
+        return is_running(states)
+    if not unit.machine_id and not is_global(unit):
+        return False
+    return None
+
+
+def known_dead(unit: FleetUnit, states: Sequence[UnitState]) -> bool:
+    """Dead by fleet's word: every reported state is dead, or nothing is reported and
+    fleet never placed the (non-global) unit on a machine."""
+    return is_dead(states) if states else serving(unit, states) is False
+
+
+def unsure(view: UnitView) -> bool:
+    """Settling, and some launched fleet unit of this unit has no reported state."""
+    return view.settling and any(
+        unit.desired_state == LAUNCHED and not view.states.get(unit.name) for _, unit in view.units
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -167,6 +213,20 @@ def identity_hash(spec: UnitSpec, generation: int, groups: Mapping[str, Sequence
 
 def decide(view: UnitView, timers: Timers, now: float, timing: Timing) -> Decision:
     """The next steps for one unit. ``timers`` must have observed this look at fleet."""
+    decision = _decide(view, timers, now, timing)
+    if not unsure(view):
+        return decision
+    held = tuple(a for a in decision.actions if not isinstance(a, Stop | Destroy))
+    if held == decision.actions:
+        return decision
+    return dataclasses.replace(
+        decision,
+        actions=held,
+        message="waiting for fleet to report the state of every instance before stopping any",
+    )
+
+
+def _decide(view: UnitView, timers: Timers, now: float, timing: Timing) -> Decision:
     if view.spec is None:
         return _delete_all(view, timers, now, timing)
     spec = view.spec
@@ -185,7 +245,7 @@ def decide(view: UnitView, timers: Timers, now: float, timing: Timing) -> Decisi
             kept[parsed.index] = (parsed, unit)
         else:
             surplus.append(unit)
-    step = _Step(view, spec, ident, kept, timers, now, timing)
+    step = _Step(view, spec, ident, kept, timers, now, timing, judge=not unsure(view))
     # Scale-down leftovers are wound down whatever else happens.
     for unit in surplus:
         step.wind_down(unit)
@@ -194,7 +254,7 @@ def decide(view: UnitView, timers: Timers, now: float, timing: Timing) -> Decisi
         # A failed rollout is not retried, and what runs is left running (the instance
         # that timed out was stopped when the rollout failed) until the spec changes.
         return step.decision(
-            "failed",
+            Phase.FAILED,
             f"rollout of {ident} failed; old instances kept (change or restart the unit)",
             failed_hash=ident,
         )
@@ -220,6 +280,7 @@ class _Step:
     timers: Timers
     now: float
     timing: Timing
+    judge: bool = True  # False while states are missing: no timeout is judged
     actions: list[Action] = field(default_factory=list)
 
     def states(self, unit: FleetUnit) -> Sequence[UnitState]:
@@ -249,18 +310,20 @@ class _Step:
         reports steady again once they run. It tells ``kaylee ls`` and ``run --wait``
         why nothing is running yet instead of "deploying" forever.
         """
+        if not self.judge:
+            return None
         for _, unit in self.kept.values():
             started = self.timers.created_at.get(unit.name, self.now)
             late = self.now - started > self.timing.rollout_timeout
             if late and not is_running(self.states(unit)):
                 return self.decision(
-                    "failed",
+                    Phase.FAILED,
                     f"{unit.name} did not run within {self.timing.rollout_timeout:.0f}s "
                     "(no older instances to keep; left launched, fleet keeps trying)",
                 )
         return None
 
-    def decision(self, phase: str, message: str = "", failed_hash: str = "") -> Decision:
+    def decision(self, phase: Phase, message: str = "", failed_hash: str = "") -> Decision:
         return Decision(
             unit=self.view.name,
             actions=tuple(self.actions),
@@ -280,32 +343,36 @@ def _roll(step: _Step, missing: list[int], old: list[FleetUnit]) -> Decision:
         # First deploy or scale: every missing instance at once, nothing to protect.
         step.actions.extend(_create(step, missing))
         if not step.actions and step.running() == want:
-            return step.decision("steady")
-        return step.overdue() or step.decision("scaling" if step.kept else "deploying")
+            return step.decision(Phase.STEADY)
+        return step.overdue() or step.decision(Phase.SCALING if step.kept else Phase.DEPLOYING)
 
     pending = [u for _, u in step.kept.values() if u not in stable]
-    for unit in pending:
+    for unit in pending if step.judge else ():
         started = step.timers.created_at.get(unit.name, step.now)
         if step.now - started > step.timing.rollout_timeout:
             step.actions.append(Stop(unit.name))
             return step.decision(
-                "failed",
+                Phase.FAILED,
                 f"{unit.name} did not run stably within {step.timing.rollout_timeout:.0f}s; "
                 "stopped it and kept the old instances",
                 failed_hash=step.ident,
             )
 
-    serving = [u for u in old if u.desired_state == LAUNCHED and is_running(step.states(u))]
+    # An old instance whose state is unknown counts as serving: absent is not dead.
+    old_serving = [
+        u for u in old if u.desired_state == LAUNCHED and serving(u, step.states(u)) is not False
+    ]
     for unit in old:
-        if unit not in serving:  # not serving anything: nothing to protect
+        if unit not in old_serving:  # fleet says it serves nothing: nothing to protect
             step.wind_down(unit)
-    if serving and len(stable) + len(serving) > want:
+    if old_serving and len(stable) + len(old_serving) > want:
         # A new instance is stable (or the unit shrank): retire one old instance.
-        step.wind_down(max(serving, key=lambda u: u.name))
+        step.wind_down(max(old_serving, key=lambda u: u.name))
     elif not pending and missing:
         step.actions.extend(_create(step, missing[:1]))
     return step.decision(
-        "rolling", f"{len(stable)}/{want} new instances stable, {len(serving)} old still serving"
+        Phase.ROLLING,
+        f"{len(stable)}/{want} new instances stable, {len(old_serving)} old still serving",
     )
 
 
@@ -314,12 +381,12 @@ def _replace_whole(step: _Step, missing: list[int], old: list[FleetUnit]) -> Dec
         for unit in old:
             step.wind_down(unit)
         return step.decision(
-            "replacing", f"stopping {len(old)} old unit(s) before starting the new one"
+            Phase.REPLACING, f"stopping {len(old)} old unit(s) before starting the new one"
         )
     step.actions.extend(_create(step, missing))
     if not step.actions and step.running() == step.spec.instance_count:
-        return step.decision("steady")
-    return step.overdue() or step.decision("deploying")
+        return step.decision(Phase.STEADY)
+    return step.overdue() or step.decision(Phase.DEPLOYING)
 
 
 def _delete_all(view: UnitView, timers: Timers, now: float, timing: Timing) -> Decision:
@@ -329,7 +396,7 @@ def _delete_all(view: UnitView, timers: Timers, now: float, timing: Timing) -> D
     return Decision(
         unit=view.name,
         actions=tuple(actions),
-        phase="deleting" if view.units else "deleted",
+        phase=Phase.DELETING if view.units else Phase.DELETED,
         message=f"destroying {len(view.units)} fleet unit(s) of a deleted unit",
     )
 
@@ -344,7 +411,9 @@ def _wind_down(
     if unit.desired_state == LAUNCHED:
         return [Stop(unit.name)]
     asked = timers.stop_requested_at.setdefault(unit.name, now)
-    if unit.desired_state != LOADED or is_dead(states.get(unit.name, ())):
+    if unit.desired_state != LOADED or known_dead(unit, states.get(unit.name, ())):
+        # Dead by fleet's word (a reported dead state, or never placed on a machine);
+        # a unit that reports nothing waits for the destroy timeout like a slow stop.
         return [Destroy(unit.name)]
     if now - asked >= timing.destroy_timeout:
         return [Destroy(unit.name)]

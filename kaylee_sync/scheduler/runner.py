@@ -9,24 +9,45 @@ watch), every second while anything is moving, on every ``resync`` period, and w
 this process becomes leader.
 
 Safety: a pass that cannot read all specs does nothing (never destroy from partial
-data); an entry that fails validation leaves that unit's fleet units alone; fleet
-units without our prefix are never touched; leadership is re-checked before every write.
+data); an entry that fails validation leaves that unit's fleet units alone; a malformed
+record costs that record only (:mod:`records`); fleet units without our prefix are never
+touched.
+
+Fencing (design.md "Fencing fleet writes", docs/architecture.md): every fleet write
+passes the driver's write guard, which refuses (FleetFenced) unless this process still
+holds a live lease by its own monotonic clock and is not stopping — checked right before
+the request is sent, retries included; every fleet write is conditional on the unit as
+this pass read it; rollout reports are written in a transaction comparing ``master``
+with our id. Between two actions the pass checks for shutdown and lost leadership, so
+a SIGTERM under load hands over within one write.
+
+Unknown is not dead: for ``settle`` seconds after becoming leader, after a failed read
+and after a long gap between reads, fleet's states (30 s TTL) may be missing although
+units run; decide() then neither stops nor destroys a unit whose instances report
+nothing (see decide.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from kaylee_sync.errors import FleetError, KayleeError, SpecError, StoreError
+from kaylee_sync.errors import (
+    FleetConflict,
+    FleetError,
+    FleetFenced,
+    KayleeError,
+    SpecError,
+    StoreError,
+)
 from kaylee_sync.fleet.model import LAUNCHED, LOADED, FleetUnit, UnitState
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.gcpause import collector_paused
+from kaylee_sync.health import QUIET_PHASES, Phase, RolloutReport, decode_report, encode_report
 from kaylee_sync.render import UnitName, parse_unit_name
 from kaylee_sync.scheduler.decide import (
     Action,
@@ -41,13 +62,14 @@ from kaylee_sync.scheduler.decide import (
     decide,
     is_running,
 )
+from kaylee_sync.scheduler.records import Complaints, decode_generation
+from kaylee_sync.scheduler.repair import Repair
 from kaylee_sync.spec.loader import parse_stored
 from kaylee_sync.spec.model import UnitSpec
-from kaylee_sync.store import Store, keys
+from kaylee_sync.store import Compare, Op, Store, keys
 
 log = logging.getLogger(__name__)
 
-QUIET_PHASES = frozenset({"steady", "failed", "deleted"})
 _UNPARSED: Any = object()  # not parsed yet (None means "not one of ours")
 
 
@@ -62,9 +84,15 @@ class SchedulerSettings:
     destroy_timeout: float = 30.0
     """Seconds to wait for ``dead`` after stopping a unit before destroying it anyway."""
     resync: float = 60.0
-    """Seconds between full passes when nothing is happening (the safety net)."""
+    """Seconds between full passes when nothing is happening (the safety net), and
+    between scans for registry debris (a piece is removed when two scans in a row
+    found it unchanged)."""
     active_interval: float = 1.0
     """Seconds between passes while a rollout, scale or delete is under way."""
+    settle: float = 30.0
+    """Seconds after becoming leader (or after fleet or etcd could not be read) during
+    which a unit whose instances report no state is neither stopped nor destroyed:
+    fleet's unit states live 30 s, so by then every agent has republished."""
 
     @property
     def timing(self) -> Timing:
@@ -81,13 +109,21 @@ class Scheduler:
         settings: SchedulerSettings | None = None,
         *,
         is_leader: Callable[[], bool] = lambda: True,
+        should_stop: Callable[[], bool] = lambda: False,
+        identity: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``is_leader`` must turn false before the lease can expire on the server
+        (Election.is_leader does: last renewal + TTL - margin, by the monotonic clock);
+        ``identity`` is the value this process writes to ``master``: reports are fenced
+        on it (None: unfenced, for tests and one-off tools)."""
         self.store = store
         self.fleet = fleet
         self.settings = settings or SchedulerSettings()
         self.is_leader = is_leader
+        self.should_stop = should_stop
+        self.identity = identity
         self.clock = clock
         self.wall_clock = wall_clock
         self.timers = Timers()
@@ -95,6 +131,25 @@ class Scheduler:
         self._specs: dict[tuple[str, int], UnitSpec | SpecError] = {}
         self._errors: dict[str, str] = {}
         self._names: dict[str, UnitName | None] = {}
+        self._complain = Complaints()
+        self._settle_until: float | None = None  # None: start settling at the next read
+        self._last_read: float | None = None
+        self.repair = Repair(
+            fleet, self.settings.unit_prefix, self.settings.resync, self.settings.active_interval
+        )
+        fleet.set_write_guard(self.check_lease)
+
+    # -- fencing -----------------------------------------------------------------------
+
+    def check_lease(self, what: str = "write") -> None:
+        """Raise FleetFenced unless a write may be sent now: called right before each."""
+        if self.should_stop():
+            raise FleetFenced(f"not sending {what}: stopping")
+        if not self.is_leader():
+            raise FleetFenced(f"not sending {what}: the leader lease is not live")
+
+    def _fence(self) -> list[Compare]:
+        return [] if self.identity is None else [Compare.value_equals(keys.MASTER, self.identity)]
 
     # -- triggers ----------------------------------------------------------------------
 
@@ -106,14 +161,34 @@ class Scheduler:
         """Forget what a previous term remembered and reconcile everything now."""
         self.timers = Timers()
         self._errors.clear()
+        self._settle_until = None  # fleet's states may be missing: settle first
+        self.repair.reset()
         self.trigger()
 
     # -- one pass ----------------------------------------------------------------------
 
     def run_pass(self) -> list[Decision]:
         """One full reconciliation. Raises StoreError/FleetError if reading fails."""
-        with collector_paused():
-            return self._pass()
+        try:
+            with collector_paused():
+                return self._pass()
+        except FleetFenced as exc:
+            log.info("scheduler pass abandoned: %s", exc)
+            return []
+        except (StoreError, FleetError):
+            self._settle_until = None  # etcd or fleet trouble: states may have expired
+            raise
+
+    def _halted(self) -> bool:
+        return self.should_stop() or not self.is_leader()
+
+    def _settling(self, now: float) -> bool:
+        """Whether fleet's states may still be missing (see SchedulerSettings.settle)."""
+        gap = self._last_read is not None and now - self._last_read > self.settings.settle
+        if self._settle_until is None or gap:
+            self._settle_until = now + self.settings.settle
+        self._last_read = now
+        return now < self._settle_until
 
     def _pass(self) -> list[Decision]:
         now = self.clock()
@@ -121,6 +196,7 @@ class Scheduler:
         generations = self._read_ints(keys.RESTART)
         reports = self._read_reports()
         units, unit_states = self.fleet.snapshot()
+        settling = self._settling(self.clock())
         states: dict[str, list[UnitState]] = {}
         for state in unit_states:
             states.setdefault(state.name, []).append(state)
@@ -150,19 +226,22 @@ class Scheduler:
                 generation=generations.get(name, 0),
                 units=ours.get(name, []),
                 states=states,
-                failed_hash=str(reports.get(name, {}).get("failed_hash", "")),
+                failed_hash=report.failed_hash if (report := reports.get(name)) else "",
+                settling=settling,
             )
             decision = decide(view, self.timers, now, self.settings.timing)
-            if not self.is_leader():
-                log.warning("leadership lost: abandoning the scheduler pass")
+            if self._halted():
+                log.warning("stopping or no longer leading: abandoning the scheduler pass")
                 return decisions
-            error = self._act(decision)
+            error = self._act(decision, {u.name: u for _, u in view.units})
             # The unit's own fleet units (and any created just now): scanning every
             # timer for every unit would make a pass quadratic in the fleet's size.
             names = [u.name for _, u in view.units]
             names += [a.name for a in decision.actions if isinstance(a, Create)]
-            self._report(decision, reports.get(name), error, names)
+            if not self._report(decision, reports.get(name), error, names):
+                return decisions  # the fence on master refused: someone else leads
             decisions.append(decision)
+        self.repair.run(now, self._halted)
         return decisions
 
     def _read_specs(self) -> tuple[dict[str, UnitSpec], set[str]]:
@@ -190,39 +269,52 @@ class Scheduler:
     def _read_ints(self, area: str) -> dict[str, int]:
         out = {}
         for stored in self.store.get_prefix(area):
-            try:
-                out[stored.key.removeprefix(area)] = int(stored.value or b"0")
-            except ValueError:
-                log.error("%s is not an integer: ignored", stored.key)
+            value = decode_generation(stored.key, stored.value, self._complain)
+            if value is not None:
+                out[stored.key.removeprefix(area)] = value
         return out
 
-    def _read_reports(self) -> dict[str, dict[str, Any]]:
+    def _read_reports(self) -> dict[str, RolloutReport]:
         out = {}
         for stored in self.store.get_prefix(keys.ROLLOUTS):
             try:
-                out[stored.key.removeprefix(keys.ROLLOUTS)] = json.loads(stored.value)
-            except ValueError:
+                report = decode_report(stored.value, stored.key)
+            except StoreError as exc:
+                # Logged once; the unit's next report replaces the bad record.
+                self._complain(stored.key, str(exc).removeprefix(f"{stored.key}: "))
                 continue
+            out[stored.key.removeprefix(keys.ROLLOUTS)] = report
         return out
 
-    def _seed_created_at(self, reports: dict[str, dict[str, Any]], now: float) -> None:
+    def _seed_created_at(self, reports: dict[str, RolloutReport], now: float) -> None:
         """After a failover, carry over when pending units were created (for the timeout)."""
         wall_now = self.wall_clock()
         for report in reports.values():
-            for name, created_wall in (report.get("created") or {}).items():
-                if name in self.timers.created_at and isinstance(created_wall, int | float):
+            for name, created_wall in report.created.items():
+                if name in self.timers.created_at:
                     seeded = now - max(0.0, wall_now - created_wall)
                     self.timers.created_at[name] = min(self.timers.created_at[name], seeded)
 
     # -- acting and reporting ----------------------------------------------------------
 
-    def _act(self, decision: Decision) -> str:
-        """Carry out the decision; the error that stopped it ("" if none)."""
+    def _act(self, decision: Decision, seen: dict[str, FleetUnit]) -> str:
+        """Carry out the decision; the error that stopped it ("" if none).
+
+        FleetFenced (no live lease, or stopping) propagates: the pass ends there.
+        """
         for action in decision.actions:
-            if not self.is_leader():
-                return ""
+            if self._halted():
+                raise FleetFenced("stopping or no longer leading")
             try:
-                self._apply(action)
+                self._apply(action, seen.get(action.name))
+            except FleetFenced:
+                raise
+            except FleetConflict as exc:
+                # The world moved since this pass read it: not an error, the next pass
+                # reads again and decides afresh.
+                log.info("%s: %s skipped: %s", decision.unit, _describe(action), exc)
+                self.trigger()
+                return ""
             except FleetError as exc:
                 # One unit's trouble must not stop the others: the next pass retries. The
                 # same error pass after pass is logged once (and stays in the report).
@@ -235,31 +327,31 @@ class Scheduler:
         self._errors.pop(decision.unit, None)
         return ""
 
-    def _apply(self, action: Action) -> None:
+    def _apply(self, action: Action, seen: FleetUnit | None) -> None:
+        """One action, conditional on ``seen`` (the unit as this pass read it)."""
         match action:
             case Create(name=name, options=options):
-                self.fleet.create_unit(name, options, LAUNCHED)
+                self.fleet.create_unit(name, options, LAUNCHED, fresh=True)
                 self.timers.created_at[name] = self.clock()
             case Launch(name=name):
-                self.fleet.set_target_state(name, LAUNCHED)
+                self.fleet.set_target_state(name, LAUNCHED, seen=seen)
             case Stop(name=name):
-                self.fleet.set_target_state(name, LOADED)
+                self.fleet.set_target_state(name, LOADED, seen=seen)
                 self.timers.stop_requested_at[name] = self.clock()
             case Destroy(name=name):
-                self.fleet.destroy_unit(name)
+                self.fleet.destroy_unit(name, seen=seen)
 
     def _report(
         self,
         decision: Decision,
-        previous: dict[str, Any] | None,
+        previous: RolloutReport | None,
         error: str,
         unit_names: list[str],
-    ) -> None:
+    ) -> bool:
+        """Write the unit's rollout report if it changed; False if the fence refused."""
         key = keys.rollout_key(decision.unit)
-        if decision.phase == "deleted":
-            if previous is not None:
-                self.store.delete(key)
-            return
+        if decision.phase is Phase.DELETED:
+            return previous is None or self._write_report(Op.delete(key))
         wall_now = self.wall_clock()
         clock_now = self.clock()
         marker = f":{decision.unit}:{decision.hash6}:"
@@ -270,23 +362,31 @@ class Scheduler:
             and marker in name
             and name not in self.timers.running_since
         }
-        report: dict[str, Any] = {
-            "phase": decision.phase,
-            "hash6": decision.hash6,
-            "desired": decision.desired,
-            "running": decision.running,
-            "message": decision.message,
-            "failed_hash": decision.failed_hash,
-            "created": pending,
-            "error": error,
-        }
-        comparable = previous and {k: v for k, v in previous.items() if k != "updated"}
-        if comparable == report:
-            return
-        if report["message"] != (previous or {}).get("message") and report["message"]:
+        report = RolloutReport(
+            phase=decision.phase,
+            hash6=decision.hash6,
+            desired=decision.desired,
+            running=decision.running,
+            message=decision.message,
+            failed_hash=decision.failed_hash,
+            created=pending,
+            error=error,
+        )
+        if report.same_content(previous):
+            return True
+        if report.message and report.message != (previous.message if previous else ""):
             log.info("%s: %s: %s", decision.unit, decision.phase, decision.message)
-        report["updated"] = wall_now
-        self.store.put(key, json.dumps(report, sort_keys=True))
+        stamped = replace(report, updated=wall_now)
+        return self._write_report(Op.put(key, encode_report(stamped)))
+
+    def _write_report(self, op: Op) -> bool:
+        """A leader-only v3 write: lease checked just before, ``master`` compared."""
+        self.check_lease(f"{op.kind} {op.key}")
+        log.debug("sending %s %s (fenced on master)", op.kind, op.key)
+        if self.store.txn(self._fence(), [op]):
+            return True
+        log.warning("%s not written: %s no longer holds master", op.key, self.identity)
+        return False
 
     # -- the loop ----------------------------------------------------------------------
 

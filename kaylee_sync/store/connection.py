@@ -49,7 +49,15 @@ _SKIP_FAILED_ENDPOINT = 30.0
 
 # grpc refuses responses over 4 MiB by default; listing a few thousand units can exceed it.
 # (etcd3 types `opts` as a dict but hands it to grpc, which wants key/value pairs.)
-_GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+# grpc also waits before reconnecting a failed channel, doubling up to 120 s by default:
+# after an etcd restart every request would fail fast for that long without trying.
+# Capped at 1 s, an etcd that is back is reached (and a leader elected) within a second.
+_GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 class Connection:
