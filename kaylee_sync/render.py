@@ -135,11 +135,6 @@ def parse_unit_name(name: str, prefix: str = "k2") -> UnitName | None:
     )
 
 
-def kaylee_id(unit_name: str) -> str:
-    """The instance id a fleet unit's container sees as ``KAYLEE_ID`` (kaylee-spec.md)."""
-    return _NOT_ID_CHAR.sub("_", unit_name).removesuffix(".service")
-
-
 def slot_ids(unit: str, hash6: str, count: int) -> tuple[str, ...]:
     """``count`` distinct 6-hex slot ids, derived from the unit name and spec hash.
 

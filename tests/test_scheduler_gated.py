@@ -68,7 +68,7 @@ class GatedWorld(World):
         if decision.failed_hash:
             self.failed_hash = decision.failed_hash
         self.record = RolloutReport(
-            Phase(decision.phase),
+            decision.phase,
             hash6=decision.hash6,
             desired=decision.desired,
             failed_hash=decision.failed_hash,

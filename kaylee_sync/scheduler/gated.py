@@ -42,8 +42,11 @@ from kaylee_sync.scheduler.decide import (
     UnitView,
     _create,
     _Step,
+    hold_unsure,
     identity_hash,
     is_running,
+    serving,
+    unsure,
 )
 from kaylee_sync.spec.codec import to_json
 from kaylee_sync.spec.model import UnitSpec
@@ -84,6 +87,14 @@ class Outcome:
 def decide_gated(
     view: UnitView, gate: Gate, timers: Timers, now: float, timing: Timing
 ) -> tuple[Decision, Outcome]:
+    """The next steps; like decide(), nothing is stopped while a state is unknown."""
+    decision, outcome = _decide_gated(view, gate, timers, now, timing)
+    return hold_unsure(view, decision), outcome
+
+
+def _decide_gated(
+    view: UnitView, gate: Gate, timers: Timers, now: float, timing: Timing
+) -> tuple[Decision, Outcome]:
     assert view.spec is not None
     spec, rollout = view.spec, gate.policy.rollout
     groups: dict[str, list[tuple[UnitName, FleetUnit]]] = {}
@@ -92,7 +103,7 @@ def decide_gated(
     ident = identity_hash(spec, view.generation, groups)
     kept, surplus = _by_index(groups.get(ident, []), spec.instance_count)
     old = [u for h, members in sorted(groups.items()) if h != ident for _, u in members]
-    step = _Step(view, spec, ident, kept, timers, now, timing)
+    step = _Step(view, spec, ident, kept, timers, now, timing, judge=not unsure(view))
     for unit in surplus:
         step.wind_down(unit)
 
@@ -135,7 +146,7 @@ def decide_gated(
     late = [u for u in pending if now - timers.created_at.get(u.name, now) > deadline]
     started = outcome.started if outcome.started is not None else gate.wall_now
     overdue = rollout.progress_deadline and gate.wall_now - started > rollout.progress_deadline
-    if (late or overdue) and not gate.control.paused:
+    if (late or overdue) and not gate.control.paused and step.judge:
         why = (
             f"{late[0].name} was not healthy within {deadline:g}s"
             if late
@@ -148,9 +159,12 @@ def decide_gated(
         message = f"{why}; stopped it and kept the old instances"
         return _decision(step, Phase.FAILED, message, failed_hash=ident), outcome
 
-    serving = [u for u in old if u.desired_state == LAUNCHED and is_running(step.states(u))]
+    # Unknown is not dead (decide.py): an old instance without a state counts as serving.
+    old_serving = [
+        u for u in old if u.desired_state == LAUNCHED and serving(u, step.states(u)) is not False
+    ]
     for unit in old:
-        if unit not in serving:  # not serving anything (e.g. an overtaken rollout's)
+        if unit not in old_serving:  # not serving anything (e.g. an overtaken rollout's)
             step.wind_down(unit)
     if gate.control.paused:
         message = f"paused by an operator: {len(good)}/{want} new instances healthy"
@@ -163,7 +177,9 @@ def decide_gated(
         ready = len(canaries) == canary and all(healthy(u) for u in canaries)
         if not ready:
             healthy_canaries = sum(1 for u in canaries if healthy(u))
-            message = f"{healthy_canaries}/{canary} canaries healthy; {len(serving)} old serving"
+            message = (
+                f"{healthy_canaries}/{canary} canaries healthy; {len(old_serving)} old serving"
+            )
             return _decision(step, Phase.CANARY, message), outcome
         if not rollout.auto_promote:
             message = f"{canary} canaries healthy; waiting for `kaylee rollout promote {view.name}`"
@@ -172,13 +188,13 @@ def decide_gated(
 
     # Rolling: retire one old instance for each healthy new one beyond the count, and
     # keep at most maxParallel new instances on their way to healthy.
-    excess = len(good) + len(serving) - want
-    for unit in sorted(serving, key=lambda u: u.name, reverse=True)[: max(0, excess)]:
+    excess = len(good) + len(old_serving) - want
+    for unit in sorted(old_serving, key=lambda u: u.name, reverse=True)[: max(0, excess)]:
         step.wind_down(unit)
     room = rollout.max_parallel - len(pending)
     if room > 0:
         step.actions.extend(_create(step, missing[:room]))
-    message = f"{len(good)}/{want} new instances healthy, {len(serving)} old still serving"
+    message = f"{len(good)}/{want} new instances healthy, {len(old_serving)} old still serving"
     return _decision(step, Phase.ROLLING, message), outcome
 
 
@@ -253,4 +269,4 @@ def _by_index(
 
 
 def _decision(step: _Step, phase: Phase, message: str, failed_hash: str = "") -> Decision:
-    return step.decision(phase.value, message, failed_hash=failed_hash)
+    return step.decision(phase, message, failed_hash=failed_hash)
