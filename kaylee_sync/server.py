@@ -19,6 +19,7 @@ from types import FrameType
 
 from kaylee_sync.election import Election, ElectionSettings, make_identity
 from kaylee_sync.fleet.protocol import FleetClient
+from kaylee_sync.probe import cluster_prober
 from kaylee_sync.scheduler.runner import Scheduler, SchedulerSettings
 from kaylee_sync.store import Store
 
@@ -36,6 +37,7 @@ class SchedulerServer:
     ) -> None:
         self.identity = identity or make_identity()
         self.should_exit = threading.Event()
+        self.prober = cluster_prober(store, store.settings)
         self.scheduler = Scheduler(
             store,
             fleet,
@@ -43,6 +45,7 @@ class SchedulerServer:
             is_leader=lambda: self.is_leader,
             should_stop=self.should_exit.is_set,
             identity=self.identity,
+            prober=self.prober,
         )
         self.election = Election(
             store,
@@ -68,9 +71,11 @@ class SchedulerServer:
         """Run until ``should_exit`` is set (or a signal arrives), then resign."""
         log.info("%s: starting; waiting to become leader", self.identity)
         self.election.start()
+        self.prober.start()
         try:
             self.scheduler.run(self.should_exit)
         finally:
+            self.prober.stop()
             self.election.resign()
             log.info("%s: stopped", self.identity)
 

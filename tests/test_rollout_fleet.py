@@ -74,8 +74,11 @@ def policy(port: int, **rollout: Any) -> UnitPolicy:
 class Rollouts:
     def __init__(self, store: Store, fleet: Any, cluster: SimulatedCluster) -> None:
         self.store, self.fleet, self.cluster = store, fleet, cluster
+        self.leading = True
         self.prober = Prober().start()
-        self.scheduler = Scheduler(store, fleet, FAST, prober=self.prober)
+        self.scheduler = Scheduler(
+            store, fleet, FAST, prober=self.prober, is_leader=lambda: self.leading
+        )
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.scheduler.run, args=(self.stop,), daemon=True)
         self.samples: list[dict[str, Any]] = []
@@ -121,18 +124,33 @@ class Rollouts:
         try:
             return self.cluster.wait_until(check, timeout=timeout, interval=0.05)
         except TimeoutError:
-            raise AssertionError(f"{what}; last sample {self.samples[-1]}, {self.report()}")
+            raise AssertionError(f"{what}; last: {self.samples[-1]}, {self.report()}") from None
 
     def steady(self, spec: UnitSpec) -> None:
         h = spec_hash6(spec)
         self.wait(
-            lambda: (r := self.report()) is not None
-            and r.phase is Phase.STEADY
-            and r.hash6 == h
-            and self.samples[-1]["units"] == {h: 4},
+            lambda: (
+                (r := self.report()) is not None
+                and r.phase is Phase.STEADY
+                and r.hash6 == h
+                and self.samples[-1]["units"] == {h: 4}
+            ),
             60,
             f"{h} steady",
         )
+
+    def fail_over(self) -> None:
+        """The leader dies (it stops acting at once); a standby with its own prober and
+        no memory of the rollout takes over, knowing only what is in etcd and fleet."""
+        self.leading = False
+        self.close()
+        self.leading = True
+        self.prober = Prober().start()
+        self.scheduler = Scheduler(self.store, self.fleet, FAST, prober=self.prober)
+        self.scheduler.became_leader()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.scheduler.run, args=(self.stop,), daemon=True)
+        self.thread.start()
 
     def close(self) -> None:
         self.stop.set()
@@ -214,3 +232,37 @@ def test_a_policy_change_restarts_nothing(rollouts: Rollouts) -> None:
     for _ in range(20):
         rollouts.scheduler.run_pass()
     assert {u.name for u in rollouts.fleet.units()} == before
+
+
+@pytest.mark.parametrize("image", ["bad", "good"])
+def test_a_new_leader_finishes_or_reverts_a_canary_it_did_not_start(
+    rollouts: Rollouts, image: str
+) -> None:
+    spec = BAD if image == "bad" else GOOD
+    rollouts.put(OLD, policy(rollouts.port))
+    rollouts.steady(OLD)
+    old, new = spec_hash6(OLD), spec_hash6(spec)
+    rollouts.samples.clear()
+    rollouts.put(spec, policy(rollouts.port))
+    rollouts.wait(
+        lambda: (r := rollouts.report()) is not None and r.phase is Phase.CANARY and r.hash6 == new,
+        20,
+        "the canary under way",
+    )
+    rollouts.wait(lambda: rollouts.samples[-1]["units"].get(new) == 1, 20, "the canary created")
+    rollouts.fail_over()
+    if image == "bad":
+        report = rollouts.wait(
+            lambda: (r := rollouts.report()) is not None and r.phase is Phase.REVERTED and r,
+            30,
+            "reverted by the new leader",
+        )
+        assert report.failed_hash == new
+        rollouts.wait(lambda: new not in rollouts.sample()["units"], 10, "the canary destroyed")
+        assert all(s["launched"].get(old) == 4 for s in rollouts.samples)
+    else:
+        rollouts.steady(GOOD)
+        assert rollouts.samples[-1]["units"] == {new: 4}
+    # the canary was never started twice, whoever led
+    assert max(s["units"].get(new, 0) for s in rollouts.samples) <= (1 if image == "bad" else 6)
+    assert min(s["healthy"] for s in rollouts.samples) >= 4

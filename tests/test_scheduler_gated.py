@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kaylee_sync.health.rollout import Phase, RolloutReport
+from kaylee_sync.health.rollout import RolloutReport
 from kaylee_sync.render import parse_unit_name
 from kaylee_sync.scheduler.decide import Create, Decision, UnitView, is_running
 from kaylee_sync.scheduler.gated import Control, Gate, decide_gated

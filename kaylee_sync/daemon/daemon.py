@@ -35,6 +35,7 @@ from kaylee_sync.daemon.triggers import SyncQueue, Triggers
 from kaylee_sync.election import Election, ElectionSettings, make_identity
 from kaylee_sync.errors import KayleeError
 from kaylee_sync.fleet.protocol import FleetClient
+from kaylee_sync.probe import cluster_prober
 from kaylee_sync.scheduler.decide import Decision
 from kaylee_sync.scheduler.runner import Scheduler, SchedulerSettings
 from kaylee_sync.source import GitSource, redact
@@ -111,6 +112,7 @@ class Daemon:
         self.syncer = Syncer(
             source, store, settings.sync, identity=self.identity, is_leader=self.is_leader
         )
+        self.prober = cluster_prober(store, store.settings)
         self.scheduler: Scheduler | None = (
             _MeasuredScheduler(
                 store,
@@ -120,6 +122,7 @@ class Daemon:
                 metrics=self.metrics,
                 should_stop=self.should_exit.is_set,
                 identity=self.identity,
+                prober=self.prober,
             )
             if fleet is not None and settings.schedule
             else None
@@ -213,6 +216,7 @@ class Daemon:
             log.info("HTTP listener on %s (/healthz /readyz /metrics)", self.http.url)
         self.election.start()
         if self.scheduler is not None:
+            self.prober.start()
             sched_thread = threading.Thread(
                 target=self.scheduler.run, args=(self.should_exit,), name="scheduler", daemon=True
             )
@@ -234,6 +238,7 @@ class Daemon:
                 self.scheduler.trigger()
             if sched_thread is not None:
                 sched_thread.join(30)
+            self.prober.stop()
             self.election.resign()
             self.metrics.set_leader(False)
             if self.http is not None:

@@ -2,6 +2,14 @@
 the presence-key reader. The meaning of a result is ``kaylee_sync.health.checks``'s."""
 
 from kaylee_sync.probe.http import HttpProber, ProbeFailed
+from kaylee_sync.probe.presence import EtcdPresence, cluster_prober
 from kaylee_sync.probe.prober import PresenceReader, Prober
 
-__all__ = ["HttpProber", "PresenceReader", "ProbeFailed", "Prober"]
+__all__ = [
+    "EtcdPresence",
+    "HttpProber",
+    "PresenceReader",
+    "ProbeFailed",
+    "Prober",
+    "cluster_prober",
+]

@@ -87,6 +87,9 @@ class Prober:
             thread.join()
         self._thread = self._loop = None
         self._pool.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.read_presence, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> Prober:
         return self.start()
