@@ -35,11 +35,12 @@ from kaylee_sync.cli.fleetopts import (
     scheduler_settings_from,
 )
 from kaylee_sync.cli.follow import FollowSettings, Target, display_for, follow
+from kaylee_sync.cli.rolloutcmd import rollout, write_unit
 from kaylee_sync.errors import KayleeError, NotFoundError, StoreError, UsageError
 from kaylee_sync.render import check_renderable
 from kaylee_sync.server import SchedulerServer
 from kaylee_sync.settings import EtcdSettings
-from kaylee_sync.source.localfile import load_unit_file
+from kaylee_sync.source.localfile import load_unit_file_and_policy
 from kaylee_sync.spec import spec_hash, to_json
 from kaylee_sync.store import Store, keys
 from kaylee_sync.sync.inventory import decode_inventory
@@ -66,6 +67,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
       kaylee ls                      list units
       kaylee restart countly         roll every instance of a unit
       kaylee rm countly              destroy a unit
+      kaylee rollout status countly  a health-gated rollout: canaries, health, revert
     """
     ctx.obj = etcd_settings_from(params)
 
@@ -110,11 +112,12 @@ def run(ctx: click.Context, /, file: Path, **params: Any) -> None:
       kaylee run web.yaml --override --reason "hotfix for INC-123"
     """
     override = _override(params)
-    spec = check_renderable(load_unit_file(file), str(file))
+    spec, policy = load_unit_file_and_policy(file)
+    spec = check_renderable(spec, str(file))
     value = to_json(spec)
     with _store(ctx) as store:
         suspension = _take_over(store, spec.name, "run", override)
-        revision = store.put_unit(spec.name, value)
+        revision = write_unit(store, spec.name, value, policy)
         generation = store.restart_generation(spec.name)
         click.echo(
             f"unit {spec.name} written (spec hash {spec_hash(spec, generation)[:6]}, "
@@ -312,6 +315,9 @@ def server(ctx: click.Context, /, **params: Any) -> None:
         app = SchedulerServer(store, fleet_client(settings, params), scheduler, election)
         with app.signals():
             app.run()
+
+
+cli.add_command(rollout)
 
 
 def main() -> None:
