@@ -9,10 +9,14 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from kaylee_sync.cli.kaylee import cli
+from kaylee_sync.cli.sync import cli as sync_cli
 from kaylee_sync.health import Phase, RolloutReport, encode_report
+from kaylee_sync.plan.compute import make_plan
+from kaylee_sync.plan.model import DesiredState, DesiredUnit
 from kaylee_sync.scheduler.health_gate import decode_control
 from kaylee_sync.spec import App, UnitSpec, parse_stored_policy, spec_hash6, to_json
 from kaylee_sync.store import Store, keys
+from kaylee_sync.sync.actual import read_actual
 
 UNIT = """\
 name: web
@@ -95,3 +99,34 @@ def test_errors_are_one_line(etcd_args: list[str], store: Store, tmp_path: Path)
     assert "plain has no canaries to promote" in refused.output
     plain = kaylee(etcd_args, "rollout", "status", "plain")
     assert "no rollout policy" in plain.output and "plain@" in plain.output
+
+
+def test_status_and_plan_say_a_rollout_was_reverted(
+    etcd_args: list[str], store: Store, tmp_path: Path
+) -> None:
+    spec = UnitSpec("web", (App("docker://web:bad"),), replicas=4)
+    store.put_unit("web", to_json(spec))
+    h = spec_hash6(spec)
+    message = f"last rollout of web@{h} failed health and was reverted to aa50f8"
+    report = RolloutReport(Phase.REVERTED, hash6=h, desired=4, failed_hash=h, message=message)
+    store.put(keys.rollout_key("web"), encode_report(report))
+    out = CliRunner().invoke(sync_cli, ["status", *etcd_args], catch_exceptions=False).output
+    assert f"reverted:      web: {message}" in out
+    doc = json.loads(
+        CliRunner().invoke(sync_cli, ["status", *etcd_args, "--format", "json"]).output
+    )
+    assert doc["rollouts"]["web"]["phase"] == "reverted"
+    # kaylee ls says it too, in the unit's progress
+    listed = kaylee(etcd_args, "ls", "--no-fleet").output
+    assert "reverted" in listed
+    # and a plan that changes the unit says the change retries it
+    fixed = UnitSpec("web", (App("docker://web:3"),), replicas=4)
+    desired = DesiredState(
+        "repo", "main", "", "c" * 40,
+        {"web": DesiredUnit("web", "web.yaml", "b", fixed, to_json(fixed))},
+    )  # fmt: skip
+    plan = make_plan(desired, read_actual(store), now=0.0)
+    (entry,) = plan.entries
+    assert entry.reason.endswith(
+        f"last rollout of web@{h} failed health and was reverted; this change retries it"
+    )

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from kaylee_sync.cli.common import echo_json, etcd_options, etcd_settings_from, format_option
+from kaylee_sync.cli.rolloutcmd import troubled_rollouts
 from kaylee_sync.errors import UsageError
 from kaylee_sync.plan.compute import format_time, short_commit
 from kaylee_sync.store import Store
@@ -104,6 +105,7 @@ def status(fmt: str, **params: Any) -> None:
         leader = store.leader()
         state = read_status(store)
         suspended = list_suspensions(store)
+        troubled = troubled_rollouts(store)
     if fmt == "json":
         document = {} if state is None else json.loads(encode_status(state))
         echo_json(
@@ -111,6 +113,7 @@ def status(fmt: str, **params: Any) -> None:
                 **document,
                 "leader": leader,
                 "suspended": {n: json.loads(encode_suspension(s)) for n, s in suspended.items()},
+                "rollouts": {n: r.as_dict() for n, r in troubled.items()},
             }
         )
         return
@@ -148,3 +151,5 @@ def status(fmt: str, **params: Any) -> None:
     for name, held in sorted(suspended.items()):
         ends = f" until {format_time(held.until)}" if held.until is not None else ""
         click.echo(f"suspended:     {name}{ends} by {held.who}: {held.reason}")
+    for name, report in sorted(troubled.items()):
+        click.echo(f"{report.phase.value + ':':<15}{name}: {report.message}")

@@ -36,6 +36,19 @@ def write_unit(store: Store, name: str, value: str, policy: UnitPolicy) -> int:
     return 0 if written is None else written.mod_revision
 
 
+def troubled_rollouts(store: Store) -> dict[str, RolloutReport]:
+    """Units whose last rollout failed, is being reverted or was reverted (for status)."""
+    out: dict[str, RolloutReport] = {}
+    for stored in store.get_prefix(keys.ROLLOUTS):
+        try:
+            report = decode_report(stored.value, stored.key)
+        except StoreError:
+            continue  # kaylee ls names a malformed record; status stays about sync
+        if report.phase in (Phase.FAILED, Phase.REVERTING, Phase.REVERTED):
+            out[stored.key.removeprefix(keys.ROLLOUTS)] = report
+    return out
+
+
 @click.group()
 def rollout() -> None:
     """Watch and steer a health-gated rollout (a unit with rollout: or health:).

@@ -203,6 +203,11 @@ class _Planner:
             action, reason = Action.UNCHANGED, "unchanged"
         else:
             action, reason = Action.UPDATE, self._update_reason(unit)
+            if current.reverted:
+                reason += (
+                    f"; last rollout of {current.reverted} failed health and was reverted; "
+                    "this change retries it"
+                )
             effect = update_effect(current.value, unit.spec, name, self.prefix, generation)
         old = current.value if current else None
         entry = PlanEntry(

@@ -81,6 +81,7 @@ class ActualUnit:
     mod_revision: int  # 0 when the state did not come from etcd (plan --against)
     policy: str = ""  # policy/<name> ("" = none: the default policy)
     policy_revision: int = 0  # its mod revision; 0 = absent
+    reverted: str = ""  # "<name>@<hash6>" when its last rollout failed and was reverted
 
 
 @dataclass(frozen=True)
