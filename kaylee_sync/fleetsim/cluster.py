@@ -88,6 +88,7 @@ class SimulatedCluster:
         unit_dir: Path | None = None,
         serve_health: bool = False,
         presence: Mapping[str, str] | None = None,
+        health_port: int = 0,
     ) -> None:
         self.endpoint = etcd_endpoint
         self.prefix = "/" + prefix.strip("/") + "/"
@@ -106,7 +107,7 @@ class SimulatedCluster:
         )
         # With serve_health, machines get loopback addresses (127.0.0.2, .3, …) and each
         # serves its instances' health there, so ${MACHINE_IP} in a check URL works.
-        self.health = HealthEndpoints() if serve_health else None
+        self.health = HealthEndpoints(health_port) if serve_health else None
         self.engine_interval = engine_interval
         self.agents: dict[str, Agent] = {}
         self.engine: Engine | None = None

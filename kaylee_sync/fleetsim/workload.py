@@ -61,8 +61,8 @@ class _Server(ThreadingHTTPServer):
 class HealthEndpoints:
     """One HTTP server per machine address, all on the same port."""
 
-    def __init__(self) -> None:
-        self.port = 0
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
         self._servers: dict[str, tuple[_Server, threading.Thread]] = {}
 
     def serve(self, ip: str, lookup: Lookup) -> None:
