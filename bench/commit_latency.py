@@ -79,6 +79,20 @@ def unit_events(store: Store) -> Iterator[queue.Queue[tuple[float, str, bytes]]]
         thread.join(5)
 
 
+def arrival(
+    events: queue.Queue[tuple[float, str, bytes]], key: str, image: bytes, what: str
+) -> float:
+    """When the watch delivered ``key`` holding ``image``; stops the benchmark if it does
+    not within TIMEOUT."""
+    while True:
+        try:
+            arrived, got, value = events.get(timeout=TIMEOUT)
+        except queue.Empty:
+            raise SystemExit(f"{what} not in etcd within {TIMEOUT:.0f} s") from None
+        if got == key and image in value:
+            return arrived
+
+
 def measure(
     label: str, repo: UnitRepo, store: Store, commits: int, pause: tuple[float, float]
 ) -> list[float]:
@@ -92,14 +106,7 @@ def measure(
             repo.change(i)
             committed = time.perf_counter()
             key, image = keys.UNITS + unit_name(i), repo.image(i).encode()
-            while True:
-                try:
-                    arrived, got, value = events.get(timeout=TIMEOUT)
-                except queue.Empty:
-                    message = f"{label}: commit {n + 1} not in etcd within {TIMEOUT:.0f} s"
-                    raise SystemExit(message) from None
-                if got == key and image in value:
-                    break
+            arrived = arrival(events, key, image, f"{label}: commit {n + 1}")
             latencies.append(arrived - committed)
             progress(f"{label} {n + 1}/{commits}: {latencies[-1] * 1000:.0f} ms")
     return latencies

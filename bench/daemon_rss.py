@@ -19,14 +19,13 @@ APScheduler, watchdog, prometheus_client); the 1,000-unit number shows the latte
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from bench.common import Measurement, bench_main, private_etcd, progress, timed
-from bench.fixtures import UNIT_DIR, UnitRepo, console_script, git, store_at, wait_for
+from bench.fixtures import UNIT_DIR, UnitRepo, console_script, git, store_at, terminate, wait_for
 from kaylee_sync.store import Store
 from kaylee_sync.sync.status import read_status
 
@@ -72,12 +71,7 @@ def one_daemon(repo: Path, endpoint: str, prefix: str, log: Path) -> tuple[dict[
             time.sleep(SETTLE)
             return memory(proc.pid), took.wall
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc)
 
 
 def run(args: argparse.Namespace) -> list[Measurement]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -182,6 +183,16 @@ def console_script(name: str) -> str:
     """The installed ``kaylee-sync``/``kaylee`` beside this interpreter (else from PATH)."""
     script = Path(sys.executable).parent / name
     return str(script) if script.exists() else name
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as systemd stops a service; SIGKILL if it has not exited after 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def percentile(samples: list[float], pct: int) -> float:

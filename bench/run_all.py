@@ -19,6 +19,7 @@ from bench import (
     repo_sync,
     rolling_update,
     scheduler_idle,
+    slow_clients,
 )
 from bench.common import Measurement, parser, progress, report
 
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "rolling_update": (rolling_update.configure, rolling_update.run),
     "daemon_rss": (daemon_rss.configure, daemon_rss.run),
     "health_check": (health_check.configure, health_check.run),
+    "slow_clients": (slow_clients.configure, slow_clients.run),
 }
 
 

@@ -47,6 +47,7 @@ from typing import TypeVar
 
 from kaylee_sync.errors import StoreError, StoreUnavailable
 from kaylee_sync.store import MASTER, Compare, Op, Store
+from kaylee_sync.supervise import FOREVER, Heartbeat
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,6 +61,8 @@ _RETRY_CAP = 1.0
 # resign() waits this long for the election thread; it is a daemon thread, so a thread
 # stuck in a store call cannot keep the process alive anyway.
 _JOIN_TIMEOUT = 5.0
+# the bound of an election round nobody watches (no heartbeat given)
+_UNWATCHED = 300.0
 
 
 def make_identity() -> str:
@@ -234,36 +237,59 @@ class Election:
 
     # -- the election thread -------------------------------------------------------------
 
+    #: the election loop's sign of life (kaylee_sync.supervise), set by the process that
+    #: runs it; None: nobody watches. A class attribute, so that it needs no constructor
+    #: argument.
+    heartbeat: Heartbeat | None = None
+
     def _run(self) -> None:
-        failures = 0
+        """Campaign, lead, stand by, until resigned. No exception ends it: a StoreError is
+        retried with backoff, anything else (a bug) is logged once with its traceback,
+        leadership is dropped and the loop goes on. While leading, the renewal deadline
+        is the heartbeat (a stuck renewal loses leadership by the clock), so the loop's
+        heartbeat is suspended for that time."""
+        beat = self.heartbeat or Heartbeat("election", _UNWATCHED)
+        failures = beat.failures
+        errors = 0
         try:
             while not self._stop.is_set():
+                beat.beat()
                 try:
                     self._watch_master()
                     self._wake.clear()  # before reading master: a later delete wakes us
                     if self._campaign():
                         self._close_watch()  # nothing to wait for while leading
+                        beat.beat(idle=FOREVER)
                         self._lead()
                     else:
+                        beat.beat(idle=self.settings.keepalive_interval)
                         self._wake.wait(self.settings.keepalive_interval)
-                    failures = 0
+                    errors = 0
+                    failures.succeeded()
                 except StoreError as exc:
-                    failures += 1
+                    errors += 1
                     # Capped at the poll interval so a recovered etcd is noticed quickly.
                     delay = min(
-                        0.5 * 2 ** (failures - 1), self.settings.keepalive_interval, _RETRY_CAP
+                        0.5 * 2 ** (errors - 1), self.settings.keepalive_interval, _RETRY_CAP
                     )
                     log.warning("leader election: %s; retrying in %.1fs", exc, delay)
+                    beat.beat(idle=delay)
                     self._stop.wait(delay)
-                except Exception:
-                    # A bug: show it once with its traceback, but keep the election alive.
-                    log.exception("leader election: unexpected error; retrying")
-                    self._lose("unexpected error")  # never keep leading on an unknown state
-                    self._stop.wait(self.settings.keepalive_interval)
+                except Exception as exc:
+                    # A bug: never keep leading on an unknown state, but keep campaigning.
+                    self._lose("unexpected error")
+                    delay = min(failures.failed(exc), self.settings.keepalive_interval)
+                    beat.beat(idle=delay)
+                    self._stop.wait(delay)
+        except BaseException as exc:  # not re-raised: threading would print it again
+            log.critical("leader election: the loop died", exc_info=exc)
+            beat.died(f"{type(exc).__name__}: {exc}")
         finally:
             self._close_watch()
             if not self._crashed:
                 self._abdicate()
+            if self._stop.is_set():
+                beat.stopped()
 
     def _campaign(self) -> bool:
         """Try to take ``master``; True when we now hold it."""

@@ -8,10 +8,13 @@ built directly (in tests, in ``--dev``) is checked exactly like one built from f
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from kaylee_sync.bounds import check_duration
 from kaylee_sync.errors import UsageError
 from kaylee_sync.secrets import register_secret
 
@@ -57,7 +60,7 @@ class EtcdSettings:
 
     def __post_init__(self) -> None:
         # Frozen: normalised values are written once, here, through object.__setattr__.
-        object.__setattr__(self, "endpoints", tuple(_check_endpoint(e) for e in self.endpoints))
+        object.__setattr__(self, "endpoints", tuple(check_endpoint(e) for e in self.endpoints))
         object.__setattr__(self, "prefix", _normalise_prefix(self.prefix))
         register_secret(self.password)  # never in a log line, status or error from now on
         if not self.endpoints:
@@ -71,6 +74,12 @@ class EtcdSettings:
             )
         if self.username is not None and (not self.username or ":" in self.username):
             raise UsageError("--etcd-username must be non-empty and must not contain ':'")
+        for option, path in (
+            ("--etcd-ca-file", self.ca_file),
+            ("--etcd-cert-file", self.cert_file),
+            ("--etcd-key-file", self.key_file),
+        ):
+            _check_pem_file(option, path)
         if self.uses_tls_files:
             # A CA or client certificate only makes sense over TLS: refuse the mix rather than
             # silently upgrading (or ignoring the files), so the operator sees the mistake.
@@ -81,6 +90,10 @@ class EtcdSettings:
                 )
         if not self.timeout > 0:
             raise UsageError(f"--etcd-timeout must be positive, not {self.timeout}")
+        try:
+            check_duration(self.timeout)
+        except ValueError as exc:
+            raise UsageError(f"--etcd-timeout {exc}") from None
 
     @classmethod
     def from_endpoints_string(
@@ -122,32 +135,61 @@ class EtcdSettings:
         return ",".join(self.endpoints)
 
 
-def _check_endpoint(url: str) -> str:
-    """Validate one endpoint URL; return it without a trailing "/"."""
-    parts = urlsplit(url.strip())
+def check_endpoint(url: str, what: str = "etcd endpoint") -> str:
+    """Validate one endpoint URL; return it without a trailing "/" (UsageError naming
+    ``what`` otherwise)."""
+    if not url.isprintable() or not url.isascii():
+        raise UsageError(f"{what} {url!r} has a control or non-ASCII character")
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed [
+        raise UsageError(f"{what} {url!r} is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https"):
         raise UsageError(
-            f"etcd endpoint {url!r} must start with http:// or https:// "
-            "(e.g. http://127.0.0.1:2379)"
+            f"{what} {url!r} must start with http:// or https:// (e.g. http://127.0.0.1:2379)"
         )
     if parts.username is not None or parts.password is not None:
         # Do not echo the URL: it holds a password.
         raise UsageError(
-            "etcd endpoint URLs must not contain credentials; use --etcd-username and "
+            f"{what} URLs must not contain credentials; use --etcd-username and "
             "KAYLEE_ETCD_PASSWORD"
         )
     try:
         port = parts.port
     except ValueError:
-        raise UsageError(f"etcd endpoint {url!r} has an invalid port") from None
+        raise UsageError(f"{what} {url!r} has an invalid port") from None
     if not parts.hostname or port is None:
-        raise UsageError(f"etcd endpoint {url!r} must name a host and a port, e.g. :2379")
+        raise UsageError(f"{what} {url!r} must name a host and a port, e.g. :2379")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise UsageError(f"etcd endpoint {url!r} must not have a path, query or fragment")
+        raise UsageError(f"{what} {url!r} must not have a path, query or fragment")
     return f"{parts.scheme}://{parts.netloc}"
 
 
+# A PEM bundle of every public CA is about 200 KiB; anything far larger is not one.
+_MAX_PEM_BYTES = 4 * 1024 * 1024
+
+
+def _check_pem_file(option: str, path: str | None) -> None:
+    """Refuse a TLS file that is a device, a FIFO or huge: it is read whole when connecting
+    (``--etcd-ca-file /dev/zero`` would be read until memory runs out). A missing file is
+    reported by the read itself."""
+    if path is None:
+        return
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{option} {path!r} is not a regular file")
+    if st.st_size > _MAX_PEM_BYTES:
+        raise UsageError(f"{option} {path!r} is larger than 4 MiB: not a PEM file")
+
+
 def _normalise_prefix(prefix: str) -> str:
+    if not prefix.isprintable() or len(prefix.encode("utf-8", "surrogateescape")) > 1024:
+        # A key is bytes in etcd, printed in every error: no control characters, no
+        # undecodable bytes from a mangled environment, and short enough to read.
+        raise UsageError(f"--etcd-prefix {prefix[:80]!r} must be printable and at most 1 KiB")
     normal = "/" + prefix.strip().strip("/")
     if normal == "/":
         # An empty prefix would mix kaylee's keys with everything else in the cluster

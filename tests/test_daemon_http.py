@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from kaylee_sync.daemon.http import HttpServer, parse_listen
 from kaylee_sync.daemon.metrics import Metrics
 from kaylee_sync.daemon.triggers import SyncQueue
 from kaylee_sync.errors import UsageError
+from tests.polling import wait_for
 
 SECRET = "hook-secret-4f1c9a"
 BODY = b'{"ref": "refs/heads/main"}'
@@ -407,3 +409,145 @@ def test_listen_addresses_are_parsed(listen: str, expected: tuple[str, int]) -> 
 def test_bad_listen_addresses_are_usage_errors(listen: str) -> None:
     with pytest.raises(UsageError, match="listen address"):
         parse_listen(listen)
+
+
+# --- an open port: deadlines, the connection bound, clients that go away -------------------
+
+
+def hold(server: HttpServer, count: int) -> list[socket.socket]:
+    """``count`` clients that send half a request head and then nothing: slowloris."""
+    clients = []
+    for _ in range(count):
+        sock = socket.create_connection(server.address, timeout=5)
+        sock.sendall(b"POST /hooks/git HTTP/1.1\r\nHost: x\r\n")
+        clients.append(sock)
+    return clients
+
+
+def hung_up(sock: socket.socket) -> bool:
+    """True once the server closed (or reset) this client's connection."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def test_a_client_trickling_bytes_is_dropped_at_the_deadline_all_the_same(
+    make_server: ServerFactory,
+) -> None:
+    """A byte every 50 ms would keep a per-read timeout of 0.5 s happy for ever."""
+    server = make_server(timeout=0.5)
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(b"POST /hooks/git HTTP/1.1\r\n")
+        sent = 0
+        for _ in range(2000):  # 100 s of trickle at most; the deadline ends it long before
+            if hung_up(sock):
+                break
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                break
+            sent += 1
+            time.sleep(0.05)
+        else:
+            pytest.fail("the server kept a trickling client for 2000 bytes")
+    assert sent < 2000
+
+
+def test_at_the_bound_the_oldest_waiting_client_makes_room(
+    make_server: ServerFactory, queue: SyncQueue
+) -> None:
+    server = make_server(max_connections=8, timeout=60)
+    clients = hold(server, 8)
+    try:
+        wait_for(lambda: server.open_connections == 8, what="8 open connections")
+        with httpx.Client(base_url=server.url, timeout=5) as c:
+            response = c.post("/hooks/git", content=BODY, headers=signed(BODY))
+            assert response.status_code == 202
+            assert queue.wait(0) == "webhook"
+            wait_for(lambda: hung_up(clients[0]), what="the oldest client dropped")
+            assert not any(hung_up(sock) for sock in clients[1:])
+            # the room is taken again by one more slow client, and so on
+            clients += hold(server, 1)
+            assert c.get("/healthz").status_code == 200
+            wait_for(lambda: hung_up(clients[1]), what="the next oldest client dropped")
+            assert not any(hung_up(sock) for sock in clients[2:])
+        assert server.open_connections <= 8
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def test_when_every_connection_is_being_answered_a_newcomer_gets_503_at_once(
+    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 413 is followed by a lingering close: the one state in which a connection is
+    # neither waiting for its request (evictable) nor gone. Make it last.
+    monkeypatch.setattr("kaylee_sync.daemon.listener.LINGER_SECONDS", 60.0)
+    server = make_server(max_connections=1, max_body=10, timeout=60)
+    with socket.create_connection(server.address, timeout=5) as lingering:
+        lingering.sendall(
+            b"POST /hooks/git HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nxx"
+        )
+        assert lingering.recv(65536).startswith(b"HTTP/1.0 413 ")
+        try:
+            answer = raw_request(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        except ConnectionResetError:  # closed at once, before the client's request was read
+            answer = b"reset"
+        assert answer == b"reset" or answer.startswith(b"HTTP/1.0 503 "), answer
+
+
+def test_a_client_that_resets_or_leaves_logs_no_traceback(
+    server: HttpServer, queue: SyncQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = b"X-Gitlab-Token: " + SECRET.encode() + b"\r\n"
+    requests = [
+        b"",  # connects and leaves
+        b"GET /heal",  # half a request line
+        b"POST /hooks/git HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n" + token + b"\r\nab",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",  # resets before reading the answer
+    ]
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(5):
+            for request in requests:
+                sock = socket.create_connection(server.address, timeout=5)
+                sock.sendall(request)
+                # SO_LINGER 0: close() sends a reset instead of a FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+        with httpx.Client(base_url=server.url, timeout=5) as c:  # still serving
+            assert c.get("/healthz").status_code == 200
+        wait_for(lambda: server.open_connections == 0, what="every connection closed")
+    assert queue.wait(0) is None
+    assert not [r for r in caplog.records if r.exc_info or r.exc_text]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text
+
+
+def test_a_request_head_over_the_limit_is_refused(server: HttpServer) -> None:
+    answer = raw_request(
+        server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100_000 + b"\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.0 431 ")
+
+
+def test_many_slow_clients_do_not_keep_probes_or_the_webhook_out(
+    make_server: ServerFactory, queue: SyncQueue
+) -> None:
+    server = make_server(max_connections=100, timeout=60)
+    clients = hold(server, 300)  # three times the bound
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            for _ in range(5):
+                assert c.get("/healthz").status_code == 200
+                assert c.post("/hooks/git", content=BODY, headers=signed(BODY)).status_code == 202
+        assert queue.wait(0) == "webhook"
+        assert server.open_connections <= 100
+    finally:
+        for sock in clients:
+            sock.close()

@@ -140,3 +140,17 @@ def test_the_watchdog_ping_period_is_half_of_watchdog_usec(
 
 def test_no_watchdog_without_a_notify_socket() -> None:
     assert Notifier({"WATCHDOG_USEC": "30000000"}).watchdog_interval is None
+
+
+def test_a_service_manager_that_stops_reading_does_not_block_us(
+    systemd: tuple[str, socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
+    address, sock = systemd
+    notifier = Notifier({"NOTIFY_SOCKET": address})
+    # Nobody reads: the socket's queue fills, and then each send gives up after its timeout.
+    sent = 0
+    while notifier.watchdog():
+        sent += 1
+        assert sent < 100_000, "the queue never filled"
+    assert "cannot notify systemd" in caplog.text
+    assert sock.recv(4096) == b"WATCHDOG=1"  # what was queued is still there

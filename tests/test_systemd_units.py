@@ -35,6 +35,7 @@ from click.testing import CliRunner
 
 from kaylee_sync.cli import kaylee as kaylee_cli
 from kaylee_sync.cli import sync as sync_cli
+from kaylee_sync.daemon.listener import MAX_CONNECTIONS
 from tests.gitrepo import GitRepo, unit_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +184,8 @@ def test_unit_waits_for_the_network_and_restarts_on_failure(name: str) -> None:
     assert {"network-online.target", "etcd-member.service"} <= set(unit["Unit"]["After"][0].split())
     assert unit["Service"]["Restart"] == ["on-failure"]
     assert unit["Service"]["RestartSec"] == ["5s"]
+    # room for the HTTP listener's largest default bound (half the limit) and far more
+    assert int(unit["Service"]["LimitNOFILE"][0]) >= 4 * MAX_CONNECTIONS
     assert unit["Service"]["EnvironmentFile"] == ["-/etc/kaylee-sync/kaylee-sync.env"]
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
@@ -197,10 +200,11 @@ def test_kaylee_sync_notifies_readiness_and_has_a_watchdog() -> None:
     assert svc["ExecStart"] == ["/usr/local/bin/kaylee-sync --cache-dir ${CACHE_DIRECTORY}"]
 
 
-def test_kaylee_server_is_a_simple_service_running_kaylee_server() -> None:
+def test_kaylee_server_notifies_readiness_and_has_a_watchdog_like_kaylee_sync() -> None:
     unit = load("kaylee-server.service")
-    assert unit["Service"]["Type"] == ["simple"]
-    assert "WatchdogSec" not in unit["Service"]  # it sends no WATCHDOG=1
+    assert unit["Service"]["Type"] == ["notify"]
+    assert unit["Service"]["NotifyAccess"] == ["main"]
+    assert unit["Service"]["WatchdogSec"] == service("kaylee-sync.service")["WatchdogSec"]
     assert unit["Service"]["ExecStart"] == ["/usr/local/bin/kaylee server"]
     assert unit["Unit"]["Conflicts"] == ["kaylee-sync.service"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kaylee_sync.cli.values import Seconds
 from kaylee_sync.errors import KayleeError
 from kaylee_sync.settings import EtcdSettings
 
@@ -30,13 +32,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 class KayleeGroup(click.Group):
     """A click group whose commands report project errors in one line, never a traceback."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Python hands undecodable argv and environment bytes over as lone surrogates,
+        # which every later encode (etcd keys, JSON, output) rejects with a traceback:
+        # refuse them here, once, before any option is converted.
+        for arg in args:
+            if not _is_utf8(arg):
+                raise click.UsageError(f"argument {ascii(arg)[:80]} is not valid UTF-8", ctx)
+        for name, value in os.environ.items():
+            if name.startswith(("KAYLEE_", "ETCDCTL_")) and not _is_utf8(value):
+                raise click.UsageError(f"environment variable {name} is not valid UTF-8", ctx)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KayleeError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {printable(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except BrokenPipeError:
             # The reader went away (``kaylee-sync render … | head``): not a bug. Point
@@ -47,6 +61,23 @@ class KayleeGroup(click.Group):
             click.echo("internal error (a bug in kaylee-sync; please report it):", err=True)
             click.echo(traceback.format_exc(), err=True)
             ctx.exit(INTERNAL_ERROR_EXIT)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\x1b``): a message that quotes a value
+    (a file name, a branch) must not move the cursor, recolour or clear the terminal."""
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
 def etcd_options(func: F) -> F:
@@ -100,7 +131,7 @@ def etcd_options(func: F) -> F:
         click.option(
             "--etcd-timeout",
             envvar="KAYLEE_ETCD_TIMEOUT",
-            type=click.FloatRange(min=0.1),
+            type=Seconds(min=0.1, max=3600),
             default=5.0,
             show_default=True,
             help="Seconds to wait for etcd before giving up.",

@@ -21,13 +21,13 @@ from kaylee_sync.cli.common import etcd_settings_from
 from kaylee_sync.cli.fleetopts import fleet_client, scheduler_settings_from
 from kaylee_sync.cli.gitopts import read_secret_file, source_settings_from
 from kaylee_sync.cli.plancmd import prune_options, prune_settings
+from kaylee_sync.cli.values import Seconds
 from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
 from kaylee_sync.daemon.logs import register_secret, setup_logging
 from kaylee_sync.election import lead_once, make_identity
 from kaylee_sync.errors import KayleeError
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.runner import Scheduler
-from kaylee_sync.server import exit_on_signals
 from kaylee_sync.source import GitSource
 from kaylee_sync.store import Store
 from kaylee_sync.sync.syncer import Syncer, SyncSettings
@@ -40,7 +40,7 @@ def daemon_options(func: F) -> F:
     options = [
         click.option(
             "--interval",
-            type=click.FloatRange(min=0.1),
+            type=Seconds(min=0.1, max=86400),
             default=30.0,
             show_default=True,
             help="Seconds between polls of the repository (10 % jitter).",
@@ -86,7 +86,7 @@ def _secret(params: dict[str, Any]) -> str | None:
     return secret
 
 
-def _settings(params: dict[str, Any]) -> DaemonSettings:
+def _settings(params: dict[str, Any], git_timeout: float) -> DaemonSettings:
     scheduler, election = scheduler_settings_from(params)
     return DaemonSettings(
         interval=params["interval"],
@@ -96,6 +96,8 @@ def _settings(params: dict[str, Any]) -> DaemonSettings:
         scheduler=scheduler,
         election=election,
         schedule=not params["no_scheduler"],
+        # A sync may pay a clone's or a fetch's whole timeout twice before it is stuck.
+        stuck_after=max(DaemonSettings.stuck_after, 2 * git_timeout + 30),
     )
 
 
@@ -124,18 +126,17 @@ def run_daemon(params: dict[str, Any]) -> None:
     with ExitStack() as stack:
         if params["dev"]:
             params = stack.enter_context(_dev(params))
-        settings = _settings(params)
         etcd = etcd_settings_from(params)
-        source = stack.enter_context(GitSource(source_settings_from(params, params["unit_prefix"])))
+        source_settings = source_settings_from(params, params["unit_prefix"])
+        settings = _settings(params, source_settings.timeout)
+        source = stack.enter_context(GitSource(source_settings))
         store = stack.enter_context(Store(etcd))
         fleet = None if params["no_scheduler"] else fleet_client(etcd, params)
         if fleet is not None:
             stack.callback(fleet.close)
         if params["once"]:
             sys.exit(_once(source, store, fleet, settings))
-        daemon = Daemon(source, store, fleet, settings)
-        with exit_on_signals(daemon.should_exit, lambda: daemon.queue.request("stop")):
-            daemon.run()
+        Daemon(source, store, fleet, settings).run()  # SIGTERM/SIGINT: see daemon.lifecycle
 
 
 def _once(

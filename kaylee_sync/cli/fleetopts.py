@@ -12,10 +12,12 @@ from typing import Any, TypeVar
 
 import click
 
+from kaylee_sync.cli.values import Seconds
 from kaylee_sync.election import ElectionSettings
+from kaylee_sync.errors import UsageError
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.runner import SchedulerSettings
-from kaylee_sync.settings import EtcdSettings
+from kaylee_sync.settings import EtcdSettings, check_endpoint
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,11 +36,13 @@ def fleet_options(func: F) -> F:
         ),
         click.option(
             "--fleet-endpoints",
+            callback=_fleet_endpoints,
             help="etcd endpoints of fleet's registry (etcd driver); default: --etcd-endpoints.",
         ),
         click.option(
             "--fleet-endpoint",
             default=DEFAULT_API_ENDPOINT,
+            callback=_fleet_api_endpoint,
             show_default=True,
             help="fleetd's API (api driver): unix:///path or http(s)://host:port.",
         ),
@@ -57,33 +61,59 @@ def fleet_options(func: F) -> F:
     return func
 
 
+def _fleet_endpoints(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """Checked as --etcd-endpoints are, at parse time: a bad URL is a one-line usage error
+    instead of a fleet client retrying it for seconds and failing deep in a sync."""
+    if value is None:
+        return None
+    urls = [part.strip() for part in value.split(",") if part.strip()]
+    try:
+        if not urls:
+            raise UsageError("no endpoint given")
+        return ",".join(check_endpoint(url, "fleet endpoint") for url in urls)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def _fleet_api_endpoint(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+    """fleetd's API: a unix socket path or an http(s) URL, checked at parse time."""
+    if value.startswith("unix://"):
+        if len(value) > len("unix://") and value.isprintable():
+            return value
+        raise click.BadParameter("expected unix:///path/to/fleet.sock", ctx, param)
+    try:
+        return check_endpoint(value, "fleet API endpoint")
+    except UsageError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 def scheduler_options(func: F) -> F:
     """The leader's and scheduler's timings, shared by ``kaylee server`` and the daemon."""
     options = [
         click.option(
             "--lease-ttl",
-            type=click.IntRange(min=2),
+            type=click.IntRange(min=2, max=3600),
             default=10,
             show_default=True,
             help="Seconds the leader's etcd lease lives; a standby takes over within this.",
         ),
         click.option(
             "--stable",
-            type=click.FloatRange(min=0),
+            type=Seconds(min=0),
             default=10.0,
             show_default=True,
             help="Seconds a new replica must run before an old one is retired.",
         ),
         click.option(
             "--rollout-timeout",
-            type=click.FloatRange(min=1),
+            type=Seconds(min=1),
             default=300.0,
             show_default=True,
             help="Seconds a new replica may take to run stably before the rollout fails.",
         ),
         click.option(
             "--resync",
-            type=click.FloatRange(min=1),
+            type=Seconds(min=1, max=86400),
             default=60.0,
             show_default=True,
             help="Seconds between full reconciliations when nothing changes.",

@@ -15,13 +15,19 @@ from typing import Any, TypeVar
 
 import click
 
+from kaylee_sync.cli.values import Directory
 from kaylee_sync.errors import UsageError
 from kaylee_sync.source import GitCredentials, SourceSettings
-from kaylee_sync.source.credentials import register_secret
+from kaylee_sync.source.credentials import register_secret, split_url_credentials
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 TOKEN_ENV = "KAYLEE_GIT_TOKEN"
+
+
+# A token, password or webhook secret is a line, not a file of this size: the bound keeps
+# a mistaken path (/dev/zero, a log file, a disk image) from being read into memory.
+MAX_SECRET_BYTES = 64 * 1024
 
 
 def read_secret_file(path: Path | None, what: str) -> str | None:
@@ -29,14 +35,51 @@ def read_secret_file(path: Path | None, what: str) -> str | None:
     if path is None:
         return None
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            data = stream.read(MAX_SECRET_BYTES + 1)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the {what} file {path}: {exc}") from exc
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"cannot read the {what} file {path}: {reason}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise UsageError(
+            f"the {what} file {path} is larger than {MAX_SECRET_BYTES // 1024} KiB; "
+            "it should hold one line"
+        )
     secret = text.strip()
     if not secret:
         raise UsageError(f"the {what} file {path} is empty")
     register_secret(secret)
     return secret
+
+
+def _no_password_on_command_line(
+    ctx: click.Context, param: click.Parameter, repo: str | None
+) -> str | None:
+    """Refuse a password in a ``--repo`` URL typed on the command line.
+
+    ``ps`` shows every user a process's arguments, and the shell history keeps them:
+    scrubbing the process title afterwards would still leave both (and the moment
+    before the scrub). So the URL is refused, pointing at the token file. From
+    ``KAYLEE_REPO`` it is accepted: the environment is private to the process, as it is
+    for ``KAYLEE_GIT_TOKEN``.
+    """
+    if not repo:
+        return repo
+    try:
+        password = split_url_credentials(repo)[2]
+    except ValueError as exc:  # urlsplit: "Invalid IPv6 URL", a bad port
+        raise click.BadParameter(f"not a valid URL ({exc})", ctx, param) from None
+    register_secret(password)
+    from_flag = ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.COMMANDLINE
+    if from_flag and password is not None:
+        raise click.BadParameter(
+            "the URL holds a password, which ps and the shell history show; remove it and "
+            f"put the token in a file given by --https-token-file (or in {TOKEN_ENV})",
+            ctx,
+            param,
+        )
+    return repo
 
 
 def source_options(func: F) -> F:
@@ -45,6 +88,7 @@ def source_options(func: F) -> F:
         click.option(
             "--repo",
             envvar="KAYLEE_REPO",
+            callback=_no_password_on_command_line,
             help="Repository of unit files: https://, ssh://, git@host:path, file:// or a "
             "local path (read in place). Env KAYLEE_REPO.",
         ),
@@ -65,7 +109,7 @@ def source_options(func: F) -> F:
         click.option(
             "--cache-dir",
             envvar="KAYLEE_CACHE_DIR",
-            type=click.Path(file_okay=False, path_type=Path),
+            type=Directory(),
             help="Where remote repositories are cloned [default: ~/.cache/kaylee-sync/repos]. "
             "Env KAYLEE_CACHE_DIR.",
         ),

@@ -36,9 +36,10 @@ from kaylee_sync.cli.fleetopts import (
 )
 from kaylee_sync.cli.follow import FollowSettings, Target, display_for, follow
 from kaylee_sync.cli.rolloutcmd import rollout, write_unit
+from kaylee_sync.cli.values import Seconds
 from kaylee_sync.errors import KayleeError, NotFoundError, StoreError, UsageError
 from kaylee_sync.render import check_renderable
-from kaylee_sync.server import SchedulerServer
+from kaylee_sync.server import SERVER_LISTEN, SchedulerServer
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.source.localfile import load_unit_file_and_policy
 from kaylee_sync.spec import spec_hash, to_json
@@ -86,7 +87,7 @@ def _store(ctx: click.Context) -> Store:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=1),
+    type=Seconds(min=1),
     default=FollowSettings.timeout,
     show_default=True,
     help="Seconds --wait waits in all (the scheduler's rollout timeout plus slack).",
@@ -295,26 +296,37 @@ def _take_over(store: Store, name: str, verb: str, override: _Override | None) -
 @cli.command()
 @fleet_options
 @scheduler_options
+@click.option(
+    "--listen",
+    default=SERVER_LISTEN,
+    show_default=True,
+    help="HTTP listener for /healthz, /readyz and /metrics ('' = off). Not kaylee-sync's "
+    "9420, so both can run on one node.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_context
-def server(ctx: click.Context, /, **params: Any) -> None:
+def server(ctx: click.Context, /, listen: str, **params: Any) -> None:
     """Run the scheduling server: turn units/* into fleet units (leader only).
 
     Run one on several nodes: they elect a leader through etcd and only the leader
-    schedules. SIGTERM resigns at once so a standby takes over.
+    schedules. SIGTERM resigns at once so a standby takes over. It is kaylee-sync's
+    daemon without Git: the same /healthz, /readyz, /metrics and systemd watchdog.
 
     \b
     Examples:
       kaylee server
+      kaylee server --listen 0.0.0.0:9421
       kaylee --etcd-endpoints https://10.0.0.1:2379 server --fleet-driver api
     """
     setup_logging(params["verbose"])
     settings: EtcdSettings = ctx.obj
     scheduler, election = scheduler_settings_from(params)
     with Store(settings) as store:
-        app = SchedulerServer(store, fleet_client(settings, params), scheduler, election)
-        with app.signals():
-            app.run()
+        fleet = fleet_client(settings, params)
+        try:
+            SchedulerServer(store, fleet, scheduler, election, listen=listen or None).run()
+        finally:
+            fleet.close()
 
 
 cli.add_command(rollout)

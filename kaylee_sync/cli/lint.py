@@ -62,8 +62,12 @@ def validate(paths: tuple[Path, ...], unit_path: str, fmt: str, unit_prefix: str
       kaylee-sync validate units/web.yaml units/db.yaml
       kaylee-sync validate --format json units/ | jq '.problems'
     """
-    files = _explicit_files(paths) if paths else _default_files(unit_path)
-    results = read_disk(files, UnitParser(unit_prefix))
+    try:
+        files = _explicit_files(paths) if paths else _default_files(unit_path)
+        results = read_disk(files, UnitParser(unit_prefix))
+    except OSError as exc:  # a name too long, a directory that may not be listed
+        name = str(exc.filename or "")[:200]
+        raise UsageError(f"cannot read {name}: {exc.strerror}") from None
     units, problems = assemble(results)
     if fmt == "json":
         echo_json(_document(len(results), units, problems))

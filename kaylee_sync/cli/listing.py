@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from kaylee_sync.cli.common import printable
 from kaylee_sync.errors import FleetError, SpecError, StoreError
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.health import decode_report
@@ -147,6 +148,6 @@ def print_table(listing: dict[str, Any]) -> None:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
-    click.echo(f"leader: {listing['leader'] or '(none)'}", err=True)
+    click.echo(f"leader: {printable(listing['leader'] or '(none)')}", err=True)
     for warning in listing["warnings"]:
         click.echo(f"warning: {warning}", err=True)

@@ -10,37 +10,28 @@ from __future__ import annotations
 
 import getpass
 import json
-import re
 import socket
 import time
 from typing import Any
 
 import click
 
-from kaylee_sync.cli.common import echo_json, etcd_options, etcd_settings_from, format_option
+from kaylee_sync.cli.common import (
+    echo_json,
+    etcd_options,
+    etcd_settings_from,
+    format_option,
+    printable,
+)
 from kaylee_sync.cli.rolloutcmd import troubled_rollouts
+from kaylee_sync.cli.values import Duration
 from kaylee_sync.errors import UsageError
 from kaylee_sync.plan.compute import format_time, short_commit
 from kaylee_sync.store import Store
-from kaylee_sync.sync.status import encode_status, read_status
-from kaylee_sync.sync.suspend import encode_suspension, list_suspensions
+from kaylee_sync.sync.status import encode_status, read_status_checked
+from kaylee_sync.sync.suspend import encode_suspension, read_suspensions
 from kaylee_sync.sync.suspend import resume as resume_unit
 from kaylee_sync.sync.suspend import suspend as suspend_unit
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``15m``, ``2h``, ``1d``, ``1h30m`` → seconds (UsageError otherwise)."""
-    compact = text.replace(" ", "")
-    parts = _DURATION.findall(compact)
-    if not compact or "".join(n + u for n, u in parts) != compact:
-        raise UsageError(f"--for {text!r}: expected a duration such as 30m, 2h or 1h30m")
-    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    if seconds <= 0:
-        raise UsageError(f"--for {text!r}: the duration must be positive")
-    return seconds
 
 
 def who_am_i() -> str:
@@ -54,10 +45,12 @@ def who_am_i() -> str:
 @click.command()
 @click.argument("name")
 @click.option("--reason", required=True, help="Why Git sync must leave the unit alone.")
-@click.option("--for", "duration", metavar="DURATION", help="Resume by itself after e.g. 2h.")
+@click.option(
+    "--for", "duration", type=Duration(), help="Resume by itself after e.g. 2h (at most 3650d)."
+)
 @click.option("--who", help="Who suspends it [default: user@host].")
 @etcd_options
-def suspend(name: str, reason: str, duration: str | None, who: str | None, **params: Any) -> None:
+def suspend(name: str, reason: str, duration: float | None, who: str | None, **params: Any) -> None:
     """Make Git sync leave unit NAME alone until 'kaylee-sync resume NAME'.
 
     \b
@@ -66,7 +59,7 @@ def suspend(name: str, reason: str, duration: str | None, who: str | None, **par
       kaylee-sync suspend web --reason "load test" --for 2h
     """
     now = time.time()
-    until = None if duration is None else now + parse_duration(duration)
+    until = None if duration is None else now + duration
     with Store(etcd_settings_from(params)) as store:
         done = suspend_unit(store, name, who=who or who_am_i(), reason=reason, until=until, now=now)
     ends = f" until {format_time(done.until)}" if done.until is not None else ""
@@ -103,9 +96,15 @@ def status(fmt: str, **params: Any) -> None:
     """
     with Store(etcd_settings_from(params)) as store:
         leader = store.leader()
-        state = read_status(store)
-        suspended = list_suspensions(store)
+        state, malformed = read_status_checked(store)
+        suspended, bad_suspensions = read_suspensions(store)
         troubled = troubled_rollouts(store)
+    # Malformed records are reported beside what could be read, on stderr, one line each:
+    # the command still shows the rest, and exits 1 so that scripts notice.
+    unreadable = [malformed] if malformed else []
+    unreadable += [str(exc) for exc in bad_suspensions]
+    for line in unreadable:
+        click.echo(f"error: {line}", err=True)
     if fmt == "json":
         document = {} if state is None else json.loads(encode_status(state))
         echo_json(
@@ -116,10 +115,13 @@ def status(fmt: str, **params: Any) -> None:
                 "rollouts": {n: r.as_dict() for n, r in troubled.items()},
             }
         )
+        _exit_if(unreadable)
         return
-    click.echo(f"leader:        {leader or 'none (no kaylee-sync daemon is leading)'}")
+    # The master key is written by whoever leads; shown escaped, it cannot drive the terminal.
+    shown = printable(leader) if leader else "none (no kaylee-sync daemon is leading)"
+    click.echo(f"leader:        {shown}")
     if state is None:
-        click.echo("last attempt:  never synced")
+        click.echo(f"last attempt:  {'unknown (see the error)' if malformed else 'never synced'}")
     else:
         a = state.attempt
         outcome = "ok" if a.ok else f"FAILED: {a.error}"
@@ -153,3 +155,9 @@ def status(fmt: str, **params: Any) -> None:
         click.echo(f"suspended:     {name}{ends} by {held.who}: {held.reason}")
     for name, report in sorted(troubled.items()):
         click.echo(f"{report.phase.value + ':':<15}{name}: {report.message}")
+    _exit_if(unreadable)
+
+
+def _exit_if(unreadable: list[str]) -> None:
+    if unreadable:
+        raise click.exceptions.Exit(1)

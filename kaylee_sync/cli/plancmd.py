@@ -21,6 +21,7 @@ import click
 
 from kaylee_sync.cli.common import etcd_options, etcd_settings_from, format_option
 from kaylee_sync.cli.gitopts import source_options, source_settings_from
+from kaylee_sync.cli.values import NewFile
 from kaylee_sync.election import lead_once, make_identity
 from kaylee_sync.errors import UsageError
 from kaylee_sync.plan.against import actual_from_desired
@@ -117,7 +118,7 @@ def _color(fmt: str) -> bool:
     "json",
     help="text for people (coloured on a TTY), markdown for a PR comment, json for tools.",
 )
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", type=NewFile(),
               help="Also save the plan here, for 'kaylee-sync apply'.")  # fmt: skip
 @click.option("--no-fetch", is_flag=True, help="Do not fetch a remote first.")
 @click.option("--unit-prefix", default="k2", show_default=True, help="Prefix of fleet units.")
@@ -171,7 +172,12 @@ def _emit(result: Plan, params: dict[str, Any]) -> None:
     document = plan_to_json(result)
     if params["out"] is not None:
         saved = {**document, "ref": params["ref"], "made_at": time.time()}
-        params["out"].write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+        try:
+            params["out"].write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise UsageError(
+                f"--out {params['out']}: cannot write the plan: {exc.strerror}"
+            ) from None
     if params["fmt"] == "json":
         click.echo(json.dumps(document, indent=2, sort_keys=True))
     elif params["fmt"] == "markdown":
@@ -199,6 +205,8 @@ def apply(file: Path, **params: Any) -> None:
       kaylee-sync apply plan.json --repo .
     """
     try:
+        if not file.is_file():  # /dev/zero or a FIFO would be read forever
+            raise UsageError(f"{file}: not a regular file (a plan saved by 'plan --out')")
         document = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{file}: cannot read the plan: {exc}") from exc

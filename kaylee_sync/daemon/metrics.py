@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,9 +24,13 @@ from prometheus_client import (
     Histogram,
     Info,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from kaylee_sync.supervise import Loops
 
 PREFIX = "kaylee_sync"
 
@@ -56,9 +60,11 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0
 class Metrics:
     """The daemon's metrics. Every method is thread-safe (prometheus_client's are)."""
 
-    def __init__(self, *, process_metrics: bool = True) -> None:
+    def __init__(self, *, process_metrics: bool = True, loops: Loops | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The supervised loops (kaylee_sync.supervise) are read at scrape time.
+        r.register(_LoopCollector(loops or Loops()))
         self.commit = Info(
             f"{PREFIX}_last_synced_commit",
             "The commit the last successful sync applied.",
@@ -177,3 +183,28 @@ class Metrics:
             self._phases.update(phases)
             for phase in self._phases:
                 self.rollouts.labels(phase=phase).set(phases.get(phase, 0))
+
+
+class _LoopCollector(Collector):
+    """The supervised loops at scrape time: up or not, and the exceptions they survived.
+
+    The label values are the loops' names, a small fixed set per program.
+    """
+
+    def __init__(self, loops: Loops) -> None:
+        self.loops = loops
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            f"{PREFIX}_loop_up", "1 while the loop is alive and not stuck.", labels=["loop"]
+        )
+        failures = CounterMetricFamily(
+            f"{PREFIX}_loop_failures",
+            "Unexpected exceptions the loop survived (each logged with its traceback).",
+            labels=["loop"],
+        )
+        for beat in self.loops.heartbeats():
+            up.add_metric([beat.name], 0 if beat.problem() else 1)
+            failures.add_metric([beat.name], beat.failures.total)
+        yield up
+        yield failures

@@ -7,7 +7,10 @@ systemd (no ``$NOTIFY_SOCKET``) every call does nothing.
 
 A notification is a courtesy to the service manager, never a reason to fail: a send
 error is logged once at WARNING (then at DEBUG) and the daemon carries on. If systemd
-really stops hearing us, its watchdog restarts the service — the right outcome.
+really stops hearing us, its watchdog restarts the service — the right outcome. A send
+to a datagram socket whose reader has stopped reading blocks once its queue is full,
+so every send has a timeout: a stalled service manager must not stall our monitor or
+our shutdown.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import socket
 from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
+
+#: seconds one notification may wait for room in the service manager's socket queue
+SEND_TIMEOUT = 1.0
 
 
 class Notifier:
@@ -88,6 +94,7 @@ class Notifier:
         message = "\n".join(lines).encode("utf-8", "replace")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.settimeout(SEND_TIMEOUT)
                 sock.sendto(message, self._address)
         except OSError as exc:
             level = logging.DEBUG if self._warned else logging.WARNING

@@ -17,6 +17,12 @@ ten times — costs one sync, and two syncs never overlap.
   the *directories* are watched and events are filtered on their source/destination
   path. One commit produces several events; a short debounce turns them into one
   request.
+
+Both are supervised (:mod:`kaylee_sync.supervise`) when given a :class:`Loops`: every
+poll tick beats the ``poll`` heartbeat (so a timer thread that died or hangs turns
+/healthz red one interval plus the bound later), and the debounce thread and the
+observer thread count as dead if they end before :meth:`Triggers.stop`. The debounce
+loop survives any exception.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+
+from kaylee_sync.supervise import FOREVER, Heartbeat, Loops
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +109,10 @@ class SyncQueue:
 class _RefEvents(FileSystemEventHandler):
     """Turns filesystem events on the watched ref files into one debounced request."""
 
-    def __init__(self, queue: SyncQueue, targets: set[str]) -> None:
+    def __init__(self, queue: SyncQueue, targets: set[str], heartbeat: Heartbeat) -> None:
         self.queue = queue
         self.targets = targets
+        self.heartbeat = heartbeat  # idle forever: it waits for events that may never come
         self._cond = threading.Condition()
         self._armed_at: float | None = None
         self._stopping = False
@@ -121,20 +130,32 @@ class _RefEvents(FileSystemEventHandler):
                 self._cond.notify_all()
 
     def _run(self) -> None:
+        failures = self.heartbeat.failures
         while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._stopping or self._armed_at is not None)
-                if self._stopping or self._armed_at is None:
+            try:
+                if not self._step():
+                    self.heartbeat.stopped()
                     return
-                # A fixed delay from the *first* event (not reset by later ones) bounds the
-                # latency even while a rebase keeps rewriting the ref.
-                due = self._armed_at + DEBOUNCE
-                while not self._stopping and (left := due - time.monotonic()) > 0:
-                    self._cond.wait(left)
-                if self._stopping:
-                    return
-                self._armed_at = None
-            self.queue.request("commit")
+                failures.succeeded()
+            except Exception as exc:
+                time.sleep(failures.failed(exc))  # this thread has no stop event to wait on
+
+    def _step(self) -> bool:
+        """Wait for a ref change and request a sync; False once stopping."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopping or self._armed_at is not None)
+            if self._stopping or self._armed_at is None:
+                return False
+            # A fixed delay from the *first* event (not reset by later ones) bounds the
+            # latency even while a rebase keeps rewriting the ref.
+            due = self._armed_at + DEBOUNCE
+            while not self._stopping and (left := due - time.monotonic()) > 0:
+                self._cond.wait(left)
+            if self._stopping:
+                return False
+            self._armed_at = None
+        self.queue.request("commit")
+        return True
 
     def stop(self) -> None:
         with self._cond:
@@ -152,6 +173,8 @@ class Triggers:
         interval: float = 30.0,
         jitter: float = 0.1,
         watch_paths: Sequence[Path] = (),
+        loops: Loops | None = None,
+        stuck_after: float = 300.0,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"poll interval must be positive, not {interval!r}")
@@ -164,6 +187,10 @@ class Triggers:
         self._scheduler: Any = None
         self._observer: Any = None
         self._events: _RefEvents | None = None
+        self._loops = loops or Loops()
+        self._stuck_after = stuck_after
+        self._poll_beat: Heartbeat | None = None
+        self._observer_beat: Heartbeat | None = None
 
     def start(self) -> None:
         """Request a "startup" sync, then start polling and watching."""
@@ -174,6 +201,9 @@ class Triggers:
 
     def stop(self) -> None:
         """Stop both feeders and join their threads. Safe to call twice or before start."""
+        for beat in (self._poll_beat, self._observer_beat):
+            if beat is not None:
+                beat.stopped()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
@@ -198,10 +228,18 @@ class Triggers:
             jitter=self.interval * self.jitter or None,
             timezone=UTC,
         )
+        beat = self._loops.add("poll", self._stuck_after)
+        longest = self.interval * (1 + self.jitter)  # the longest gap between two ticks
+        beat.beat(idle=longest)
+        self._poll_beat = beat
+
+        def tick() -> None:
+            beat.beat(idle=longest)
+            self.queue.request("poll")
+
         scheduler.add_job(
-            self.queue.request,
+            tick,
             trigger,
-            args=("poll",),
             id="poll",
             coalesce=True,
             max_instances=1,
@@ -230,7 +268,10 @@ class Triggers:
         targets = {str(p) for p in self.watch_paths} | {
             os.path.realpath(p) for p in self.watch_paths
         }
-        events = _RefEvents(self.queue, targets)
+        beat = self._loops.add("ref-watch", self._stuck_after)
+        beat.beat(idle=FOREVER)
+        events = _RefEvents(self.queue, targets, beat)
+        beat.attach(events.thread)
         events.thread.start()
         self._events = events
         # Started before scheduling, so that each directory's watch starts (and can fail)
@@ -238,6 +279,9 @@ class Triggers:
         observer = Observer()
         observer.start()
         self._observer = observer
+        self._observer_beat = self._loops.add("ref-observer", self._stuck_after)
+        self._observer_beat.beat(idle=FOREVER)
+        self._observer_beat.attach(observer)
         for folder, recursive in sorted(watched.items()):
             try:
                 observer.schedule(

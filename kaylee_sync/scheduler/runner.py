@@ -69,10 +69,13 @@ from kaylee_sync.scheduler.repair import Repair
 from kaylee_sync.spec.loader import parse_stored
 from kaylee_sync.spec.model import UnitSpec
 from kaylee_sync.store import Compare, Op, Store, keys
+from kaylee_sync.supervise import Heartbeat
 
 log = logging.getLogger(__name__)
 
 _UNPARSED: Any = object()  # not parsed yet (None means "not one of ours")
+#: the bound of a loop nobody watches (run without a heartbeat, e.g. by a test)
+_UNWATCHED = 300.0
 
 
 @dataclass(frozen=True)
@@ -433,54 +436,110 @@ class Scheduler:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
-        """Pass after pass until ``stop`` is set; errors are logged and retried."""
-        watcher = threading.Thread(target=self._watch, args=(stop,), daemon=True)
+    def run(
+        self,
+        stop: threading.Event,
+        heartbeat: Heartbeat | None = None,
+        watch_heartbeat: Heartbeat | None = None,
+    ) -> None:
+        """Pass after pass until ``stop`` is set. Nothing else ends it: a failed read
+        (StoreError/FleetError) is retried at the active interval; anything else — a bug,
+        a record no check foresaw — is logged once with its traceback and retried with
+        exponential backoff. ``heartbeat`` beats at every pass and before every wait."""
+        beat = heartbeat or Heartbeat("scheduler", _UNWATCHED)
+        halt = threading.Event()  # ends the watch when this loop ends, however it ends
+        watcher = threading.Thread(
+            target=self._watch,
+            args=(halt, watch_heartbeat or Heartbeat("scheduler-watch", _UNWATCHED)),
+            daemon=True,
+            name="kaylee-scheduler-watch",
+        )
+        if watch_heartbeat is not None:
+            watch_heartbeat.attach(watcher)
         watcher.start()
         busy = True
-        while not stop.is_set():
-            self._wake.clear()
-            if not self.is_leader():
-                self.gate.forget()  # a standby checks nothing
-            else:
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                beat.beat()
+                if not self.is_leader():
+                    self.gate.forget()  # a standby checks nothing
+                else:
+                    try:
+                        decisions = self.run_pass()
+                        busy = any(d.phase not in QUIET_PHASES for d in decisions)
+                        beat.failures.succeeded()
+                    except (StoreError, FleetError) as exc:
+                        log.error("scheduler pass failed, retrying: %s", exc)
+                        busy = True
+                    except Exception as exc:
+                        # Waited out on ``stop``, not ``_wake``: a storm of watch events
+                        # must not turn the backoff into a hot loop.
+                        delay = beat.failures.failed(exc)
+                        beat.beat(idle=delay)
+                        stop.wait(delay)
+                        busy = True
+                wait = self.settings.active_interval if busy else self.settings.resync
+                beat.beat(idle=wait)
+                self._wake.wait(wait)
+        finally:
+            halt.set()
+            self._wake.set()
+
+    def _watch(self, stop: threading.Event, beat: Heartbeat) -> None:
+        """Trigger a pass on every change under units/ and restart/ (re-watching on errors,
+        whatever they are)."""
+        try:
+            while not stop.is_set():
+                beat.beat()
+                broken = threading.Event()
+                failed: list[Exception] = []  # what ended a pump, if not a KayleeError
+                cancels = []
                 try:
-                    decisions = self.run_pass()
-                    busy = any(d.phase not in QUIET_PHASES for d in decisions)
-                except (StoreError, FleetError) as exc:
-                    log.error("scheduler pass failed, retrying: %s", exc)
-                    busy = True
-            wait = self.settings.active_interval if busy else self.settings.resync
-            self._wake.wait(wait)
-        self._wake.set()
+                    for area in (keys.UNITS, keys.RESTART, keys.POLICY, keys.CONTROL):
+                        events, cancel = self.store.watch_prefix(area)
+                        cancels.append(cancel)
+                        threading.Thread(
+                            target=self._pump,
+                            args=(events, broken, failed),
+                            daemon=True,
+                            name=f"kaylee-watch-{area}",
+                        ).start()
+                    self.trigger()  # anything that changed before the watch started
+                    beat.failures.succeeded()
+                    while not stop.is_set() and not broken.is_set():
+                        beat.beat(idle=0.5)
+                        stop.wait(0.5)
+                    if failed:
+                        raise failed[0]
+                except KayleeError as exc:
+                    log.warning("watching etcd failed, retrying: %s", exc)
+                    beat.beat(idle=1.0)
+                    stop.wait(1.0)
+                except Exception as exc:
+                    delay = beat.failures.failed(exc)
+                    beat.beat(idle=delay)
+                    stop.wait(delay)
+                finally:
+                    for cancel in cancels:
+                        try:
+                            cancel()
+                        except Exception:
+                            log.exception("cancelling an etcd watch failed")
+        finally:
+            if stop.is_set():
+                beat.stopped()
 
-    def _watch(self, stop: threading.Event) -> None:
-        """Trigger a pass on every change under units/ and restart/ (re-watching on errors)."""
-        while not stop.is_set():
-            broken = threading.Event()
-            cancels = []
-            try:
-                for area in (keys.UNITS, keys.RESTART, keys.POLICY, keys.CONTROL):
-                    events, cancel = self.store.watch_prefix(area)
-                    cancels.append(cancel)
-                    threading.Thread(
-                        target=self._pump, args=(events, broken), daemon=True, name=f"watch-{area}"
-                    ).start()
-                self.trigger()  # anything that changed before the watch started
-                while not stop.is_set() and not broken.is_set():
-                    stop.wait(0.5)
-            except KayleeError as exc:
-                log.warning("watching etcd failed, retrying: %s", exc)
-                stop.wait(1.0)
-            finally:
-                for cancel in cancels:
-                    cancel()
-
-    def _pump(self, events: Any, broken: threading.Event) -> None:
+    def _pump(self, events: Any, broken: threading.Event, failed: list[Exception]) -> None:
+        """One watch's events become pass requests; when it ends, for whatever reason,
+        ``_watch`` opens a new one (after a backoff, and logging it, if it was a bug)."""
         try:
             for _ in events:
                 self.trigger()
         except KayleeError as exc:
             log.warning("etcd watch ended: %s", exc)
+        except Exception as exc:
+            failed.append(exc)
         finally:
             broken.set()
 

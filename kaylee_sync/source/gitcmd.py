@@ -1,9 +1,10 @@
 """The git commands the source runs, through GitPython, with git's errors made ours.
 
-Every command goes through :class:`GitCommands`, which turns a ``GitError`` into a
-:class:`SourceError` (or :class:`SourceUnavailable` for the network) whose message is
-the one line of git's stderr that explains the failure, redacted — never the command
-line, which GitPython puts in its own messages.
+Every local command goes through :class:`GitCommands`, which turns a ``GitError`` (or
+an ``OSError``: git could not start) into a :class:`SourceError` whose message is the
+one line of git's stderr that explains the failure, redacted — never the command line,
+which GitPython puts in its own messages. Commands that talk to the remote are not run
+here but by :mod:`kaylee_sync.source.netcmd`, which can kill them.
 
 Blobs are read in bulk: one ``cat-file --batch-check`` for sizes (so a blob over 1 MiB
 is never read), one ``cat-file --batch`` streaming contents one blob at a time.
@@ -14,16 +15,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import git
-from git.exc import GitCommandError, GitError
+from git.exc import GitError
 
 from kaylee_sync.source.credentials import redact
-from kaylee_sync.source.errors import SourceError, SourceUnavailable
+from kaylee_sync.source.errors import SourceError
 
 # What git prints after ssh has said what went wrong; the line before is the useful one.
 _GENERIC = (
@@ -43,27 +44,22 @@ class GitCommands:
     def run(self, *args: str, **kwargs: Any) -> Any:
         try:
             return self.repo.git.execute(["git", *args], **kwargs)
-        except GitError as exc:
+        except (GitError, OSError) as exc:
             raise SourceError(f"git {args[0]} failed for {self.display}: {reason(exc)}") from exc
 
-    def network(self, *args: str, env: Mapping[str, str], timeout: float) -> str:
-        """A command that talks to the remote: killed after ``timeout`` seconds."""
+    def _status(self, *args: str) -> tuple[int, str, str]:
+        """``git args…`` → (exit status, stdout, stderr), never raising for a non-zero one."""
         try:
-            out: str = self.repo.git.execute(["git", *args], env=env, kill_after_timeout=timeout)
-        except GitError as exc:
-            why = reason(exc)
-            if isinstance(exc, GitCommandError) and why.startswith("Timeout:"):
-                why = f"no answer within {timeout:g} s"
-            raise SourceUnavailable(f"cannot {args[0]} {self.display}: {why}") from exc
-        return out
+            result: tuple[int, str, str] = self.repo.git.execute(
+                ["git", *args], with_extended_output=True, with_exceptions=False
+            )
+        except (GitError, OSError) as exc:  # git could not even start (EMFILE, ENOMEM)
+            raise SourceError(f"git {args[0]} failed for {self.display}: {reason(exc)}") from exc
+        return result
 
     def rev_parse(self, name: str) -> str:
         """The commit ``name`` names, or "" — read from disk every time, never cached."""
-        status, out, err = self.repo.git.execute(
-            ["git", "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
-            with_extended_output=True,
-            with_exceptions=False,
-        )
+        status, out, err = self._status("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}")
         if status == 0:
             return out.strip()
         if err.strip():  # --quiet silences "no such ref": this is git refusing to work
@@ -72,11 +68,7 @@ class GitCommands:
 
     def current_branch(self) -> str:
         """The checked-out branch; "HEAD" when detached."""
-        status, out, err = self.repo.git.execute(
-            ["git", "symbolic-ref", "--quiet", "--short", "HEAD"],
-            with_extended_output=True,
-            with_exceptions=False,
-        )
+        status, out, err = self._status("symbolic-ref", "--quiet", "--short", "HEAD")
         if status != 0 and err.strip():  # not a detached HEAD: git refused (ownership, …)
             raise SourceError(f"cannot read {self.display}: {reason(err)}")
         return out.strip() if status == 0 and out.strip() else "HEAD"
@@ -110,7 +102,7 @@ class GitCommands:
                 proc = self.repo.git.execute(
                     ["git", "cat-file", "--batch"], istream=stdin, as_process=True
                 )
-            except GitError as exc:
+            except (GitError, OSError) as exc:
                 raise SourceError(f"git cat-file failed for {self.display}: {reason(exc)}") from exc
             assert proc.proc is not None and proc.proc.stdout is not None
             out = proc.proc.stdout
@@ -174,8 +166,10 @@ def find_worktree(start: Path) -> Path | None:
         repo.close()
 
 
-def reason(exc: GitError | str) -> str:
+def reason(exc: GitError | OSError | str) -> str:
     """The line of git's stderr that says what went wrong, redacted; never the command."""
+    if isinstance(exc, OSError):  # git did not start: the system said why
+        return redact(exc.strerror or str(exc))
     stderr = exc if isinstance(exc, str) else getattr(exc, "stderr", "") or ""
     if isinstance(stderr, bytes):
         stderr = stderr.decode("utf-8", "replace")

@@ -18,10 +18,13 @@ nothing below the unit path costs two object lookups.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ import git
 from kaylee_sync.errors import NotFoundError, UsageError
 from kaylee_sync.plan.model import DesiredState, DesiredUnit, FileProblem
 from kaylee_sync.source.credentials import GitAuth, redact, split_url_credentials
-from kaylee_sync.source.errors import SourceError
+from kaylee_sync.source.errors import SourceError, SourceUnavailable
 from kaylee_sync.source.files import (
     MODE_GITLINK,
     MODE_LINK,
@@ -45,6 +48,7 @@ from kaylee_sync.source.files import (
     symlink_problem,
 )
 from kaylee_sync.source.gitcmd import GitCommands, init_clone, open_repo
+from kaylee_sync.source.netcmd import NetworkCommands
 from kaylee_sync.source.settings import SourceSettings
 from kaylee_sync.source.units import Result, UnitParser, assemble, oversize
 from kaylee_sync.spec.loader import MAX_BYTES
@@ -58,8 +62,11 @@ Units = tuple[dict[str, DesiredUnit], tuple[FileProblem, ...]]
 class GitSource:
     """One repository, branch and unit path. Its methods hold a lock: one caller at a time."""
 
-    def __init__(self, settings: SourceSettings) -> None:
+    def __init__(
+        self, settings: SourceSettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings
+        self._clock = clock
         # the URL without its credentials (an ssh user name stays: it is an address)
         self.display_repo = redact(split_url_credentials(settings.repo)[0])
         self._lock = threading.RLock()
@@ -68,6 +75,9 @@ class GitSource:
         self._memo: OrderedDict[str, tuple[str | None, Units]] = OrderedDict()
         self._git: GitCommands | None = None
         self._auth: GitAuth | None = None
+        self._net: NetworkCommands | None = None
+        # the last fetch's failure: (message, seconds it took, when it ended); None: it worked
+        self._failed: tuple[str, float, float] | None = None
         for label, file in (
             ("SSH key", settings.credentials.ssh_key_file),
             ("known_hosts", settings.credentials.known_hosts_file),
@@ -81,6 +91,7 @@ class GitSource:
             self._url = url
             self._auth = GitAuth(settings.credentials, user, password, min(settings.timeout, 30))
             self._clone_dir = settings.cache_dir / _cache_name(url)
+            self._net = NetworkCommands(str(self._clone_dir), self.display_repo)
             self.branch = settings.branch or ""  # the remote's HEAD, known after a fetch
         else:
             self.local_path = Path(settings.repo).absolute()
@@ -88,28 +99,72 @@ class GitSource:
             self.branch = settings.branch or self._git.current_branch()
 
     def fetch(self) -> str:
-        """Bring the remote's branches and tags in (forced, pruned); the branch head."""
+        """Bring the remote's branches and tags in (forced, pruned); the branch head.
+
+        One deadline (``settings.timeout``) covers the whole fetch. A fetch that failed
+        after T seconds is not tried again for T seconds: a call within that time fails
+        at once with the same reason, so that a remote which accepts connections and
+        never answers costs one timeout, not one per caller (the standby's fetch, then
+        the new leader's sync), before the failure is recorded.
+        """
         with self._lock:
             if self.local_path is None:
-                assert self._auth is not None
-                commands = self._clone()
-                env, timeout = self._auth.environment, self.settings.timeout
-                commands.network(
-                    "fetch",
-                    "--quiet",
-                    "--prune",
-                    "origin",
-                    "+refs/heads/*:refs/remotes/origin/*",
-                    "+refs/tags/*:refs/tags/*",
-                    env=env,
-                    timeout=timeout,
-                )
-                if not self.branch:
-                    heads = commands.network(
-                        "ls-remote", "--symref", "origin", "HEAD", env=env, timeout=timeout
-                    )
-                    self.branch = self._default_branch(heads)
+                self._fetch_remote()
             return self.resolve()
+
+    def cancel(self) -> None:
+        """Stop a fetch in progress and refuse every later one: the process is stopping.
+
+        Callable from any thread, and it never waits for the source's lock, which the
+        hung fetch holds; the fetch then fails at once (SourceUnavailable).
+        """
+        if self._net is not None:
+            self._net.cancel()
+
+    def _fetch_remote(self) -> None:
+        assert self._auth is not None and self._net is not None
+        if self._failed is not None:
+            message, took, ended = self._failed
+            wait = took - (self._clock() - ended)
+            if wait > 0 and not self._net.cancelled:
+                raise SourceUnavailable(f"{message} (next attempt in {math.ceil(wait)} s)")
+        started = self._clock()
+        deadline = started + self.settings.timeout
+        env = self._auth.environment
+        try:
+            self._clone()
+            self._network(
+                deadline,
+                "fetch",
+                "--quiet",
+                "--prune",
+                "origin",
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+                env=env,
+            )
+            if not self.branch:
+                heads = self._network(deadline, "ls-remote", "--symref", "origin", "HEAD", env=env)
+                self.branch = self._default_branch(heads)
+        except SourceUnavailable as exc:
+            ended = self._clock()
+            self._failed = (str(exc), ended - started, ended)
+            raise
+        except OSError as exc:  # the cache directory: not writable, full, out of fds
+            raise SourceError(
+                f"cannot fetch {self.display_repo} into {self._clone_dir}: {exc.strerror or exc}"
+            ) from exc
+        self._failed = None
+
+    def _network(self, deadline: float, *args: str, env: dict[str, str]) -> str:
+        assert self._net is not None
+        left = deadline - self._clock()
+        timeout = self.settings.timeout
+        if left <= 0:
+            raise SourceUnavailable(
+                f"cannot {args[0]} {self.display_repo}: no answer within {timeout:g} s"
+            )
+        return self._net.run(args, env=env, timeout=left, limit=timeout)
 
     def resolve(self, ref: str | None = None) -> str:
         """The full commit id of ``ref`` (branch, ``origin/x``, tag, sha); None: the branch."""
@@ -136,8 +191,14 @@ class GitSource:
         with self._lock:
             commands = self._commands()
             sha = self.resolve(commit)
-            head = git.Commit(commands.repo, bytes.fromhex(sha))
-            units, problems = self._read_commit(commands, head)
+            try:
+                head = git.Commit(commands.repo, bytes.fromhex(sha))
+                units, problems = self._read_commit(commands, head)
+                committed_at = float(head.committed_date)
+            except OSError as exc:  # GitPython's own git processes could not start
+                raise SourceError(
+                    f"cannot read {sha[:12]} in {self.display_repo}: {exc.strerror or exc}"
+                ) from exc
             return DesiredState(
                 repo=self.display_repo,
                 branch=self.branch,
@@ -145,7 +206,7 @@ class GitSource:
                 commit=sha,
                 units=units,
                 problems=problems,
-                committed_at=float(head.committed_date),
+                committed_at=committed_at,
             )
 
     def worktree_files(self) -> list[str]:
@@ -197,6 +258,7 @@ class GitSource:
             return paths
 
     def close(self) -> None:
+        self.cancel()
         with self._lock:
             if self._git is not None:
                 self._git.repo.close()  # ends GitPython's persistent cat-file processes

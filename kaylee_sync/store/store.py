@@ -8,10 +8,12 @@ error translation — and returns plain :class:`StoredValue` records, never etcd
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
 from etcd3.utils import prefix_range_end
 
 from kaylee_sync.errors import ConflictError, StoreError, UsageError
@@ -20,6 +22,13 @@ from kaylee_sync.store import keys
 from kaylee_sync.store.connection import Connection
 from kaylee_sync.store.txn import ETCD_MAX_TXN_OPS, Compare, Op, batches, packed
 from kaylee_sync.store.watching import WatchEvent, open_watch
+
+# Keys per range request. A prefix read in one response stops working past grpc's message
+# limit (64 MiB, see store/connection.py): 10,000 units of a few KiB fit, 70 of 1 MiB do
+# not. Pages of this many keys keep a response at a few MiB for ordinary units; a page
+# that is still too large (big values) is halved and asked again, down to one key, which
+# always fits (etcd refuses values over 1.5 MiB).
+RANGE_PAGE_KEYS = 1000
 
 # Compare-and-swap retries before bump_restart gives up. Each failed attempt means another
 # writer succeeded, so this bounds contention, not time; 100 concurrent bumps are absurd.
@@ -39,10 +48,13 @@ class StoredValue:
 class Store:
     """The kaylee keyspace on etcd v3. Thread-safe; use as a context manager or close()."""
 
-    def __init__(self, settings: EtcdSettings) -> None:
+    def __init__(self, settings: EtcdSettings, *, page_keys: int = RANGE_PAGE_KEYS) -> None:
         # No I/O here: the first request connects (and authenticates), so every connection
         # problem surfaces from the same place with the same one-line messages.
+        if page_keys < 1:
+            raise ValueError(f"page_keys must be at least 1, not {page_keys}")
         self.settings = settings
+        self.page_keys = page_keys
         self.prefix = settings.prefix
         self._conn = Connection(settings)
 
@@ -78,11 +90,8 @@ class Store:
 
     def unit_names(self) -> list[str]:
         start = self._key(keys.UNITS, is_prefix=True)
-        response = self._conn.call(
-            "list units",
-            lambda c: c.get_prefix_response(start, keys_only=True, sort_order="ascend"),
-        )
-        return [keys.relative_key(self.prefix, kv.key)[len(keys.UNITS) :] for kv in response.kvs]
+        kvs = self._range(start, "list units", keys_only=True)
+        return [keys.relative_key(self.prefix, kv.key)[len(keys.UNITS) :] for kv in kvs]
 
     def put_unit(self, name: str, value: str) -> int:
         """Write a unit's JSON; returns the revision of the write."""
@@ -135,11 +144,35 @@ class Store:
     def get_prefix(self, rel_prefix: str) -> list[StoredValue]:
         """Every key under ``rel_prefix`` ("" for the whole keyspace), sorted by key."""
         start = self._key(rel_prefix, is_prefix=True)
-        response = self._conn.call(
-            f"read {rel_prefix or 'keyspace'}",
-            lambda c: c.get_prefix_response(start, sort_order="ascend", sort_target="key"),
-        )
-        return [self._stored(kv) for kv in response.kvs]
+        return [self._stored(kv) for kv in self._range(start, f"read {rel_prefix or 'keyspace'}")]
+
+    def _range(self, start: str, action: str, *, keys_only: bool = False) -> list[Any]:
+        """Every key-value under the absolute prefix ``start``, sorted, read page by page.
+
+        Each page continues after the last key of the one before, and every page after
+        the first reads at the first page's revision: together they are one consistent
+        snapshot, exactly what a single range request would have returned.
+        """
+        cursor, end = start.encode(), prefix_range_end(start.encode())
+        revision: int | None = None
+        limit = self.page_keys
+        out: list[Any] = []
+        while True:
+            ask = functools.partial(
+                _range_page, cursor, end, limit=limit, revision=revision, keys_only=keys_only
+            )
+            try:
+                response = self._conn.call(action, ask)
+            except StoreError as exc:
+                if limit > 1 and _too_large(exc):
+                    limit = max(1, limit // 2)
+                    continue
+                raise
+            out.extend(response.kvs)
+            if not response.more or not response.kvs:
+                return out
+            revision = revision or int(response.header.revision)
+            cursor = bytes(response.kvs[-1].key) + b"\0"  # the next key after the last
 
     def keys_outside(self, absolute_prefix: str) -> set[str]:
         """The keys under an absolute prefix *outside* the kaylee keyspace (keys only).
@@ -271,6 +304,27 @@ class Store:
         if op.kind == "put":
             return build.put(key, op.value, lease=op.lease)
         return build.delete(key)
+
+
+def _range_page(
+    start: bytes, end: bytes, client: Any, *, limit: int, revision: int | None, keys_only: bool
+) -> Any:
+    return client.get_range_response(
+        start,
+        end,
+        sort_order="ascend",
+        sort_target="key",
+        limit=limit,
+        revision=revision,
+        keys_only=keys_only,
+    )
+
+
+def _too_large(exc: StoreError) -> bool:
+    """Whether ``exc`` is grpc refusing a response over its message size limit."""
+    cause = exc.__cause__
+    code = getattr(cause, "code", None)
+    return callable(code) and code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def _generation(stored: StoredValue) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kaylee_sync.bounds import load_json
 from kaylee_sync.errors import StoreError
 from kaylee_sync.plan.model import Action, Inventory, InventoryEntry, Plan
 
@@ -73,10 +74,10 @@ def decode_inventory(value: bytes, key: str) -> Inventory:
     unmanaged (nothing pruned, ownership silently lost at the next write).
     """
     try:
-        doc = json.loads(value.decode("utf-8"))
+        doc = load_json(value)  # ValueError for bytes that are not UTF-8 JSON
         return _inventory(doc)
-    except (UnicodeDecodeError, json.JSONDecodeError, _Malformed) as exc:
-        why = exc.args[0] if isinstance(exc, _Malformed) else "not UTF-8 JSON"
+    except (ValueError, _Malformed) as exc:
+        why = exc.args[0]
         raise StoreError(
             f"{key} is not a valid inventory ({why}); sync stops rather than lose track of "
             "which units Git owns — restore it or delete it to let sync rebuild it"

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kaylee_sync.bounds import check_duration, check_time, load_json
 from kaylee_sync.plan.model import PruneHold
 from kaylee_sync.plan.prune import hold_from_doc, hold_to_doc
 from kaylee_sync.secrets import redact
@@ -84,7 +85,7 @@ def encode_status(status: SyncStatus) -> str:
         "attempt": _record_doc(status.attempt),
         "last_success": None if status.last_success is None else _record_doc(status.last_success),
     }
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _record_doc(r: AttemptRecord) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def _record_doc(r: AttemptRecord) -> dict[str, Any]:
 
 def decode_status(value: bytes) -> SyncStatus:
     """The status in ``value``; ValueError if it is not one."""
-    doc = json.loads(value.decode("utf-8"))
+    doc = load_json(value)
     if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION:
         raise ValueError("not a version 1 status object")
     last = doc.get("last_success")
@@ -123,14 +124,18 @@ def _record(doc: object) -> AttemptRecord:
         raise ValueError("an attempt is not an object")
     counts = doc.get("counts", {})
     problems = doc.get("problems", [])
-    if not isinstance(counts, dict) or not all(isinstance(n, int) for n in counts.values()):
+    if not isinstance(counts, dict) or not all(_is_count(n) for n in counts.values()):
         raise ValueError("counts must map actions to integers")
-    if not isinstance(problems, list) or not all(isinstance(p, dict) for p in problems):
-        raise ValueError("problems must be a list of objects")
+    if not isinstance(problems, list) or not all(_is_problem(p) for p in problems):
+        raise ValueError("problems must be a list of {file, line, field, reason} objects")
+    if not isinstance(doc.get("ok"), bool):
+        raise ValueError("ok must be true or false")
+    if not _is_count(doc.get("problems_omitted", 0)):
+        raise ValueError("problems_omitted must be a non-negative integer")
     return AttemptRecord(
-        time=float(doc["time"]),
+        time=_checked("time", check_time, doc["time"]),
         commit=str(doc["commit"]),
-        ok=bool(doc["ok"]),
+        ok=doc["ok"],
         error=str(doc.get("error", "")),
         counts=counts,
         problems=tuple(problems),
@@ -138,9 +143,30 @@ def _record(doc: object) -> AttemptRecord:
         prune_hold=None if doc.get("prune_hold") is None else hold_from_doc(doc["prune_hold"]),
         prune_overridden=str(doc.get("prune_overridden", "")),
         prune_released=str(doc.get("prune_released", "")),
-        duration_seconds=float(doc.get("duration_seconds", 0.0)),
+        duration_seconds=_checked(
+            "duration_seconds", check_duration, doc.get("duration_seconds", 0.0)
+        ),
         leader=str(doc.get("leader", "")),
-        problems_omitted=int(doc.get("problems_omitted", 0)),
+        problems_omitted=doc.get("problems_omitted", 0),
+    )
+
+
+def _checked(field: str, check: Callable[[object], float], value: object) -> float:
+    """``check(value)``, its ValueError naming ``field`` (times and durations are bounded
+    here so that a stored 1e300 or NaN is a malformed status, not a crash where it is shown)."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ValueError(f"{field} {exc}") from None
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_problem(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(value.get(f), str | int) for f in ("file", "line", "field", "reason")
     )
 
 
@@ -151,11 +177,19 @@ def write_status(store: Store, status: SyncStatus, *, fence: Compare | None) -> 
 
 def read_status(store: Store) -> SyncStatus | None:
     """The stored status; None when there is none, or it is malformed (logged)."""
+    status, problem = read_status_checked(store)
+    if problem:
+        log.warning("%s; the next sync attempt replaces it", problem)
+    return status
+
+
+def read_status_checked(store: Store) -> tuple[SyncStatus | None, str]:
+    """The stored status and "" — or None and one line saying why it is malformed."""
     stored = store.get(keys.STATUS)
     if stored is None:
-        return None
+        return None, ""
     try:
-        return decode_status(stored.value)
+        return decode_status(stored.value), ""
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        log.warning("%s is malformed (%s); the next sync attempt replaces it", keys.STATUS, exc)
-        return None
+        reason = f"field {exc} missing" if isinstance(exc, KeyError) else str(exc)
+        return None, f"{keys.STATUS} is malformed ({reason})"

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from typing import TypeGuard
 
+from kaylee_sync.bounds import check_time, load_json
 from kaylee_sync.errors import ConflictError, StoreError, UsageError
 from kaylee_sync.plan.model import Suspension
 from kaylee_sync.store import Compare, Op, Store, keys
@@ -30,7 +29,8 @@ _MAX_ATTEMPTS = 10
 
 def encode_suspension(s: Suspension) -> str:
     doc = {"who": s.who, "reason": s.reason, "since": s.since, "until": s.until}
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    # allow_nan=False: never write the Infinity/NaN that JSON has no word for.
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def decode_suspension(value: bytes, key: str, mod_revision: int = 0) -> Suspension:
@@ -48,27 +48,22 @@ def decode_suspension(value: bytes, key: str, mod_revision: int = 0) -> Suspensi
 
 
 def _fields(value: bytes) -> tuple[str, str, float, float | None]:
-    try:
-        doc = json.loads(value.decode("utf-8"))
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ValueError("not UTF-8 JSON") from None
+    doc = load_json(value)
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
     who, reason, since, until = (doc.get(f) for f in ("who", "reason", "since", "until"))
     if not isinstance(who, str) or not isinstance(reason, str):
         raise ValueError("who and reason must be strings")
-    if not _is_time(since) or not (until is None or _is_time(until)):
-        raise ValueError("since and until must be unix times (until may be null)")
-    return who, reason, float(since), None if until is None else float(until)
+    return who, reason, _time("since", since), None if until is None else _time("until", until)
 
 
-def _is_time(value: object) -> TypeGuard[int | float]:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    )
+def _time(field: str, value: object) -> float:
+    # Range-checked here, where the key is known: an "until" of 1e12 or Infinity would
+    # otherwise pass and make every daemon fail when it formats or compares it.
+    try:
+        return check_time(value)
+    except ValueError as exc:
+        raise ValueError(f"{field} {exc}") from None
 
 
 def suspend(
@@ -85,6 +80,12 @@ def suspend(
         raise UsageError(f"suspending {name}: who is suspending it is required")
     if until is not None and until <= now:
         raise UsageError(f"suspending {name}: the end time is not in the future")
+    for field, value in (("start", now), ("end", until)):
+        try:
+            if value is not None:
+                check_time(value)
+        except ValueError as exc:
+            raise UsageError(f"suspending {name}: the {field} time {exc}") from None
     draft = Suspension(name=name, who=who.strip(), reason=reason.strip(), since=now, until=until)
     revision = store.put(keys.suspended_key(name), encode_suspension(draft))
     log.info("suspended Git sync of %s (%s: %s)", name, draft.who, draft.reason)
@@ -115,8 +116,25 @@ def resume(store: Store, name: str) -> Suspension | None:
 
 def list_suspensions(store: Store) -> dict[str, Suspension]:
     """Every suspension by unit name (StoreError naming the key if one is malformed)."""
-    out: dict[str, Suspension] = {}
+    found, malformed = read_suspensions(store)
+    if malformed:
+        raise malformed[0]
+    return found
+
+
+def read_suspensions(store: Store) -> tuple[dict[str, Suspension], list[StoreError]]:
+    """Every well-formed suspension by unit name, and an error for each malformed one.
+
+    For views (``kaylee-sync status``, ``kaylee ls``) that show what they can and report
+    the rest; sync itself uses :func:`list_suspensions`, which stops at a bad one.
+    """
+    found: dict[str, Suspension] = {}
+    malformed: list[StoreError] = []
     for stored in store.get_prefix(keys.SUSPENDED):
-        suspension = decode_suspension(stored.value, stored.key, stored.mod_revision)
-        out[suspension.name] = suspension
-    return out
+        try:
+            suspension = decode_suspension(stored.value, stored.key, stored.mod_revision)
+        except StoreError as exc:
+            malformed.append(exc)
+            continue
+        found[suspension.name] = suspension
+    return found, malformed
