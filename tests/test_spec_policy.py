@@ -180,12 +180,12 @@ def test_policy_rules(section: str, expected: str) -> None:
     assert any(expected in line for line in issues(BASE + section)), issues(BASE + section)
 
 
-def test_canaries_need_a_replica_unit() -> None:
-    text = "name: one\napps: [{image: x}]\nrollout: {canary: 1}\n"
-    assert issues(text) == [
-        "web.yaml:3: rollout.canary: canaries need a replica unit (set 'replicas'; not with "
-        "'global')"
-    ]
+def test_a_policy_needs_a_replica_unit() -> None:
+    text = "name: one\napps: [{image: x}]\nrollout: {canary: 1}\nhealth: {etcdKey: '/s/${KAYLEE_ID}'}\n"
+    reason = "applies to replica units only (set 'replicas'; not with 'global'): other units are replaced whole"
+    assert issues(text) == [f"web.yaml:3: rollout: {reason}", f"web.yaml:4: health: {reason}"]
+    glob = "name: g\nglobal: true\napps: [{image: x}]\nrollout: {maxParallel: 2}\n"
+    assert issues(glob) == [f"web.yaml:4: rollout: {reason}"]
 
 
 def test_a_stored_policy_is_checked_by_the_same_rules() -> None:

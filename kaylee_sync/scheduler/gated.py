@@ -82,6 +82,9 @@ class Outcome:
     promoted: bool = False
     stable_spec: str = ""
     stable_generation: int = 0
+    # New instances not yet healthy: their creation times go in the record (not only
+    # those not yet running), so a new leader's healthyDeadline counts from creation.
+    waiting: tuple[str, ...] = ()
 
 
 def decide_gated(
@@ -125,7 +128,8 @@ def _decide_gated(
 
     new = [u for _, u in kept.values()]
     good = [u for u in new if healthy(u)]
-    outcome = replace(outcome, healthy=len(good))
+    waiting = tuple(u.name for u in new if not healthy(u))
+    outcome = replace(outcome, healthy=len(good), waiting=waiting)
 
     if view.failed_hash and view.failed_hash == ident:
         return _revert(step, gate, old, outcome)

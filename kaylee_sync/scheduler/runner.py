@@ -392,12 +392,13 @@ class Scheduler:
         wall_now = self.wall_clock()
         clock_now = self.clock()
         marker = f":{decision.unit}:{decision.hash6}:"
+        waiting = set(outcome.waiting) if outcome is not None else set()
         pending = {
             name: round(wall_now - (clock_now - created), 3)
             for name in unit_names
             if (created := self.timers.created_at.get(name)) is not None
             and marker in name
-            and name not in self.timers.running_since
+            and (name not in self.timers.running_since or name in waiting)
         }
         report = RolloutReport(
             phase=decision.phase,

@@ -34,6 +34,18 @@ def policy_issues(
 ) -> list[tuple[str, str]]:
     """(field path, reason) for every rule the policy sections in ``clean`` break."""
     rules = _PolicyRules(skip)
+    if spec is not None and (not spec.is_replica_unit or spec.global_):
+        # A non-replica unit is replaced whole (stop, then start) and a global one runs
+        # once per machine: neither has old instances to keep serving, so there is
+        # nothing to gate, canary or revert to. Said here, not silently ignored.
+        for section in ("rollout", "health"):
+            if section in clean and section not in skip:
+                rules.add(
+                    section,
+                    "applies to replica units only (set 'replicas'; not with 'global'): "
+                    "other units are replaced whole",
+                )
+        return rules.found
     rollout = clean.get("rollout")
     if isinstance(rollout, Mapping) and "rollout" not in skip:
         rules.rollout(rollout, spec)
@@ -93,12 +105,7 @@ class _PolicyRules:
         if isinstance(canary, int) and canary < 0:
             self.add("rollout.canary", f"must be 0 or more, got {canary}")
         elif isinstance(canary, int) and canary and spec is not None:
-            if not spec.is_replica_unit or spec.global_:
-                self.add(
-                    "rollout.canary",
-                    "canaries need a replica unit (set 'replicas'; not with 'global')",
-                )
-            elif canary > spec.replicas:
+            if canary > spec.replicas:
                 self.add(
                     "rollout.canary", f"must not exceed replicas ({spec.replicas}), got {canary}"
                 )
