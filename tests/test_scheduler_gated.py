@@ -61,7 +61,11 @@ class GatedWorld(World):
         stable = None
         if self.record is not None and self.record.stable_spec:
             stable = parse_stored(self.record.stable_spec, "stable")
-        gate = Gate(self.policy, self.healthy_since(), self.record, self.control, stable, self.now)
+        healthy = self.healthy_since()
+        failing = frozenset(n for n, s in states.items() if is_running(s) and n not in healthy)
+        gate = Gate(
+            self.policy, healthy, self.record, self.control, stable, self.now, failing=failing
+        )
         decision, outcome = decide_gated(view, gate, self.timers, self.now, TIMING)
         for action in decision.actions:
             self.apply(action)
@@ -207,3 +211,73 @@ def test_a_paused_rollout_starts_and_retires_nothing() -> None:
     assert decision.phase == "paused" and decision.actions == ()
     world.control = Control()
     assert world.step(GOOD).actions  # resumed: the canary starts
+
+
+# -- trials: random rollouts, preemptions and failovers, the invariants counted ----------
+
+TRIALS = int(__import__("os").environ.get("KAYLEE_GATED_TRIALS", "300"))
+
+
+def trial(seed: int) -> str:
+    """One random scenario; "" when every invariant held, else what broke."""
+    import random
+
+    rnd = random.Random(seed)
+    world = GatedWorld(start_delay=rnd.choice([0.0, 1.0, 3.0]))
+    world.run(OLD, until="steady")
+    world.samples.clear()
+    images = [f"docker://web:{n}" for n in range(2, 2 + rnd.randint(1, 3))]
+    specs = [dataclasses.replace(OLD, apps=(App(i),)) for i in images]
+    for s in specs:
+        h = spec_hash6(s)
+        if rnd.random() < 0.4:
+            world.unhealthy.add(h)
+        # a healthy spec always can make its deadlines (start + minHealthyTime < 15 s)
+        world.delays[h] = rnd.choice([0.0, 2.0, 8.0])
+    deadline = rnd.choice([15.0, 30.0])
+    world.policy = UnitPolicy(
+        RolloutPolicy(
+            canary=rnd.randint(0, 2),
+            auto_promote=True,
+            max_parallel=rnd.randint(1, 3),
+            min_healthy_time=rnd.choice([0.0, 2.0, 5.0]),
+            healthy_deadline=deadline,
+            progress_deadline=rnd.choice([None, 300.0]),
+        )
+    )
+    # the commits arrive at random times; the leader may die at random passes
+    arrivals = sorted(rnd.uniform(0, 40) for _ in specs)
+    start = world.now
+    current = OLD
+    for _ in range(400):
+        for s, at in zip(specs, arrivals, strict=True):
+            if (
+                world.now - start >= at
+                and current is not s
+                and specs.index(s) > (specs.index(current) if current in specs else -1)
+            ):
+                current = s
+        if rnd.random() < 0.02:
+            world.timers = type(world.timers)()  # a failover: the new leader's memory is empty
+        world.step(current)
+        if world.samples[-1]["healthy"] < 4:
+            return f"seed {seed}: {world.samples[-1]['healthy']} healthy at t={world.now}"
+        world.now += 1
+        if world.now - start > max(arrivals) + 5 and world.history[-1].phase in (
+            "steady",
+            "reverted",
+            "failed",
+        ):
+            break
+    last = world.history[-1]
+    h = spec_hash6(current)
+    if h in world.unhealthy:
+        return "" if last.phase in ("reverted", "failed") else f"seed {seed}: {last}"
+    if last.phase != "steady" or world.count().get(h) != 4:
+        return f"seed {seed}: ended {last.phase} with {world.count()}"
+    return ""
+
+
+def test_random_rollouts_never_drop_below_the_healthy_count() -> None:
+    broken = [why for seed in range(TRIALS) if (why := trial(seed))]
+    assert broken == [], f"{len(broken)}/{TRIALS} trials broke: {broken[:3]}"

@@ -181,8 +181,12 @@ def test_policy_rules(section: str, expected: str) -> None:
 
 
 def test_a_policy_needs_a_replica_unit() -> None:
-    text = "name: one\napps: [{image: x}]\nrollout: {canary: 1}\nhealth: {etcdKey: '/s/${KAYLEE_ID}'}\n"
-    reason = "applies to replica units only (set 'replicas'; not with 'global'): other units are replaced whole"
+    text = "name: one\napps: [{image: x}]\nrollout: {canary: 1}\n"
+    text += "health: {etcdKey: '/s/${KAYLEE_ID}'}\n"
+    reason = (
+        "applies to replica units only (set 'replicas'; not with 'global'): "
+        "other units are replaced whole"
+    )
     assert issues(text) == [f"web.yaml:3: rollout: {reason}", f"web.yaml:4: health: {reason}"]
     glob = "name: g\nglobal: true\napps: [{image: x}]\nrollout: {maxParallel: 2}\n"
     assert issues(glob) == [f"web.yaml:4: rollout: {reason}"]

@@ -92,13 +92,14 @@ class Health:
 
     healthy_since: float | None  # None: not healthy (not yet, or no longer)
     reason: str = ""  # why not, for people ("" when healthy)
+    known: bool = True  # False until every check has run once: not healthy, not failing
 
     @property
     def healthy(self) -> bool:
         return self.healthy_since is not None
 
 
-UNCHECKED = Health(None, "not checked yet")
+UNCHECKED = Health(None, "not checked yet", known=False)
 
 
 def combine(states: Mapping[str, CheckState]) -> Health:
@@ -107,7 +108,7 @@ def combine(states: Mapping[str, CheckState]) -> Health:
     for kind, state in sorted(states.items()):
         if state.healthy_since is None:
             if not state.checked:
-                return Health(None, f"{kind} check not run yet")
+                return Health(None, f"{kind} check not run yet", known=False)
             return Health(None, f"{kind} check failing: {state.last_error or 'failed'}")
         since = max(since, state.healthy_since)
     return Health(since) if states else UNCHECKED

@@ -71,6 +71,7 @@ class Gate:
     control: Control
     stable: UnitSpec | None  # the last healthy spec (from the record), None if unknown
     wall_now: float  # unix time, for the record's ``started``
+    failing: frozenset[str] = frozenset()  # fleet units known to fail their checks now
 
 
 @dataclass(frozen=True)
@@ -163,9 +164,15 @@ def _decide_gated(
         message = f"{why}; stopped it and kept the old instances"
         return _decision(step, Phase.FAILED, message, failed_hash=ident), outcome
 
-    # Unknown is not dead (decide.py): an old instance without a state counts as serving.
+    # Unknown is not dead (decide.py): an old instance without a state, or whose checks
+    # have not run yet (a new leader's prober starts afresh), counts as serving; one that
+    # fleet says is down, or that fails its checks, does not.
     old_serving = [
-        u for u in old if u.desired_state == LAUNCHED and serving(u, step.states(u)) is not False
+        u
+        for u in old
+        if u.desired_state == LAUNCHED
+        and serving(u, step.states(u)) is not False
+        and u.name not in gate.failing
     ]
     for unit in old:
         if unit not in old_serving:  # not serving anything (e.g. an overtaken rollout's)
@@ -209,16 +216,18 @@ def _revert(
     outcome: Outcome,
     why: str = "",
 ) -> tuple[Decision, Outcome]:
-    """Destroy the failed hash's instances; bring the last healthy spec back to full count."""
+    """Destroy the failed hash's instances; bring the last healthy spec back to full count.
+
+    Instances of other specs that serve (healthy now: the failed one's, or an overtaken
+    rollout's) go only as the last healthy spec's come back healthy, so a revert never
+    leaves the unit with fewer healthy instances than it asks for.
+    """
     view, ident = step.view, step.ident
     stable = gate.stable
     new = [u for _, u in step.kept.values()]
-    # New instances that serve (healthy now) go only as the old spec's come back healthy.
-    serving_new = [u for u in new if u.desired_state == LAUNCHED and u.name in gate.healthy_since]
-    for unit in new:
-        if stable is None or unit not in serving_new:
-            step.wind_down(unit)
     if stable is None:
+        for unit in new:
+            step.wind_down(unit)
         message = (
             f"rollout of {ident} failed{': ' + why if why else ''}; no earlier healthy spec "
             "is known, so the old instances were kept"
@@ -231,19 +240,25 @@ def _revert(
     stable_hash = identity_hash(stable, outcome.stable_generation, groups)
     kept, surplus = _by_index(groups.get(stable_hash, []), stable.instance_count)
     back = _Step(view, stable, stable_hash, kept, step.timers, step.now, step.timing)
-    for unit in surplus + [u for u in old if u.name not in {k.name for _, k in kept.values()}]:
-        step.wind_down(unit)
+    keep = {u.name for _, u in kept.values()}
+    others = [*new, *surplus, *(u for u in old if u.name not in keep)]
+    serving_others = [
+        u for u in others if u.desired_state == LAUNCHED and u.name in gate.healthy_since
+    ]
+    for unit in others:
+        if unit not in serving_others:
+            step.wind_down(unit)
     missing = [i for i in range(1, stable.instance_count + 1) if i not in kept]
     step.actions.extend(_create(back, missing))
     back_up = sum(1 for _, u in kept.values() if u.name in gate.healthy_since)
-    excess = len(serving_new) + back_up - stable.instance_count
-    for unit in sorted(serving_new, key=lambda u: u.name)[: max(0, excess)]:
+    excess = len(serving_others) + back_up - stable.instance_count
+    for unit in sorted(serving_others, key=lambda u: u.name)[: max(0, excess)]:
         step.wind_down(unit)
     for _, unit in kept.values():
         if unit.desired_state != LAUNCHED:
             step.actions.append(Launch(unit.name))
     running = sum(1 for _, u in kept.values() if is_running(step.states(u)))
-    done = not step.actions and not serving_new and running == stable.instance_count
+    done = not step.actions and not serving_others and running == stable.instance_count
     detail = f" ({why})" if why else ""
     message = (
         f"last rollout of {view.name}@{ident} failed health{detail} and was reverted to "

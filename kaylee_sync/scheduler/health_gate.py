@@ -160,15 +160,19 @@ class HealthGate:
 
     def healthy_since(
         self, name: str, units: Sequence[tuple[UnitName, FleetUnit]], timers: Timers
-    ) -> dict[str, float]:
-        """Fleet unit -> since when it is healthy (absent: not healthy now)."""
+    ) -> tuple[dict[str, float], frozenset[str]]:
+        """Fleet unit -> since when it is healthy (absent: not healthy now), and the fleet
+        units known to fail their checks (not those whose checks have not run yet)."""
         checked = name in self._checked and self.prober is not None
         out: dict[str, float] = {}
+        failing: set[str] = set()
         for _, unit in units:
             health = self.prober.health(unit.name) if checked and self.prober else None
             if checked and health is None:
-                health = Health(None, "not checked yet (no machine address)")
+                health = Health(None, "not checked yet (no machine address)", known=False)
             since = healthy_since(timers.running_since.get(unit.name), health)
             if since is not None:
                 out[unit.name] = since
-        return out
+            elif health is not None and health.known:
+                failing.add(unit.name)
+        return out, frozenset(failing)

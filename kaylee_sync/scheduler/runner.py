@@ -270,9 +270,11 @@ class Scheduler:
                 stable = parse_stored(report.stable_spec, f"{keys.rollout_key(view.name)}: stable")
             except SpecError as exc:
                 self._complain(keys.rollout_key(view.name), f"stable_spec: {exc}")
+        healthy, failing = self.gate.healthy_since(view.name, view.units, self.timers)
         gate = Gate(
             policy=self.gate.policy(view.name),
-            healthy_since=self.gate.healthy_since(view.name, view.units, self.timers),
+            healthy_since=healthy,
+            failing=failing,
             record=report,
             control=self.gate.control(view.name),
             stable=stable,

@@ -104,11 +104,8 @@ class _PolicyRules:
         canary = r.get("canary", 0)
         if isinstance(canary, int) and canary < 0:
             self.add("rollout.canary", f"must be 0 or more, got {canary}")
-        elif isinstance(canary, int) and canary and spec is not None:
-            if canary > spec.replicas:
-                self.add(
-                    "rollout.canary", f"must not exceed replicas ({spec.replicas}), got {canary}"
-                )
+        elif isinstance(canary, int) and spec is not None and canary > spec.replicas:
+            self.add("rollout.canary", f"must not exceed replicas ({spec.replicas}), got {canary}")
         if r.get("autoPromote") is True and not canary:
             self.add(
                 "rollout.autoPromote", "only applies with 'canary' (there is nothing to promote)"
