@@ -85,3 +85,17 @@ def test_deleting_a_unit_deletes_its_policy(repo: GitRepo, source: GitSource, st
     assert Syncer(source, store).sync_once().ok
     assert store.get(keys.unit_key("web")) is None
     assert store.get(keys.policy_key("web")) is None
+
+
+def test_a_spec_change_is_planned_as_its_policy_will_roll_it(
+    repo: GitRepo, source: GitSource, store: Store
+) -> None:
+    assert Syncer(source, store).sync_once().ok
+    repo.write("units/web.yaml", unit_yaml("web", image="example.com/web:2") + POLICY)
+    repo.write("units/api.yaml", unit_yaml("api", image="example.com/api:2"))
+    repo.commit("new images")
+    source.fetch()
+    plan = compute.make_plan(source.desired(source.resolve()), read_actual(store), now=time.time())
+    effects = {e.name: e.effect.summary for e in plan.entries if e.effect is not None}
+    assert effects["web"].endswith("after 1 canary, one at a time, health-gated")
+    assert effects["api"].endswith(", one at a time")  # no policy: as before

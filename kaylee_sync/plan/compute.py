@@ -19,9 +19,10 @@ the tests agree by construction:
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from kaylee_sync.errors import SpecError
 from kaylee_sync.plan.diffs import unified_diff
 from kaylee_sync.plan.effect import create_effect, delete_effect, update_effect
 from kaylee_sync.plan.model import (
@@ -38,6 +39,7 @@ from kaylee_sync.plan.model import (
     Suspension,
 )
 from kaylee_sync.plan.prune import DEFAULT_LIMITS, PruneLimits, Verdict, judge
+from kaylee_sync.spec import parse_stored_policy
 
 # What Git would do to a unit, said of a suspended one.
 _GIT_WOULD = {
@@ -208,7 +210,10 @@ class _Planner:
                     f"; last rollout of {current.reverted} failed health and was reverted; "
                     "this change retries it"
                 )
-            effect = update_effect(current.value, unit.spec, name, self.prefix, generation)
+            effect = _gated(
+                update_effect(current.value, unit.spec, name, self.prefix, generation),
+                unit.policy,
+            )
         old = current.value if current else None
         entry = PlanEntry(
             name=name,
@@ -333,3 +338,18 @@ def _policy_reason(old: str, new: str) -> str:
     if not new:
         return "rollout policy removed (rollout:/health:); nothing restarts"
     return "rollout policy changed (rollout:/health:); nothing restarts"
+
+
+def _gated(effect: FleetEffect, policy_json: str) -> FleetEffect:
+    """A replacement as the unit's rollout policy will run it (not "one at a time")."""
+    if not policy_json or not effect.summary.endswith(", one at a time"):
+        return effect
+    try:
+        rollout = parse_stored_policy(policy_json, "policy").rollout
+    except SpecError:
+        return effect
+    how = f"{rollout.max_parallel} at a time" if rollout.max_parallel > 1 else "one at a time"
+    if rollout.canary:
+        how = f"after {rollout.canary} {'canary' if rollout.canary == 1 else 'canaries'}, {how}"
+    summary = effect.summary.removesuffix("one at a time") + how + ", health-gated"
+    return replace(effect, summary=summary)
