@@ -146,7 +146,8 @@ class Service:
         self.election = Election(store, self.identity, settings.election, self._elected, self._lost)
         self.election.heartbeat = self.loops.add("election", settings.stuck_after)
         # The leader's health checker (units with a health: section), on its own loop.
-        self.prober = cluster_prober(store, store.settings)
+        schedules = fleet is not None and settings.schedule
+        self.prober = cluster_prober(store, store.settings) if schedules else None
         self.scheduler: MeasuredScheduler | None = (
             MeasuredScheduler(
                 store,
@@ -309,7 +310,7 @@ class Service:
             log.info("HTTP listener on %s (/healthz /readyz /metrics)", self.http.url)
         self.election.start()
         scheduler = self.scheduler
-        if scheduler is not None:
+        if scheduler is not None and self.prober is not None:
             self.prober.start()
             watch = self.loops.add("scheduler-watch", self.settings.stuck_after)
             self.start_loop(
@@ -332,7 +333,8 @@ class Service:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("%s did not stop in time; resigning anyway", thread.name)
-        self.prober.stop()
+        if self.prober is not None:
+            self.prober.stop()
         self.election.resign()
         self.metrics.set_leader(False)
         if self.http is not None:
