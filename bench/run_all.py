@@ -19,6 +19,7 @@ from bench import (
     repo_sync,
     rolling_update,
     scheduler_idle,
+    signature_check,
     slow_clients,
 )
 from bench.common import Measurement, parser, progress, report
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "daemon_rss": (daemon_rss.configure, daemon_rss.run),
     "health_check": (health_check.configure, health_check.run),
     "slow_clients": (slow_clients.configure, slow_clients.run),
+    "signature_check": (signature_check.configure, signature_check.run),
 }
 
 

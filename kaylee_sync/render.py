@@ -21,6 +21,9 @@ from kaylee_sync.spec.codec import spec_hash6
 from kaylee_sync.spec.model import UnitSpec, Volume
 from kaylee_sync.unitfile import LINE_MAX, UnitOption, serialize, unit_hash
 
+#: the original's --unit-prefix: our fleet units are named "<prefix>:<name>:…"
+DEFAULT_UNIT_PREFIX = "k2"
+
 DESIRED_STATE = "launched"
 
 _AddOption = Callable[[str, str, str], None]
@@ -119,7 +122,7 @@ _NAME_TAIL = re.compile(
 )
 
 
-def parse_unit_name(name: str, prefix: str = "k2") -> UnitName | None:
+def parse_unit_name(name: str, prefix: str = DEFAULT_UNIT_PREFIX) -> UnitName | None:
     """The parts of a fleet unit name of ours, or None for any other name."""
     if not name.startswith(prefix):
         return None
@@ -165,7 +168,9 @@ def conflicts_for(spec: UnitSpec, prefix: str, hash6: str, slot: str) -> tuple[s
     return (own, *(f"{prefix}:{c}:*.service" for c in spec.conflicts))
 
 
-def render_units(spec: UnitSpec, prefix: str = "k2", generation: int = 0) -> tuple[FleetUnit, ...]:
+def render_units(
+    spec: UnitSpec, prefix: str = DEFAULT_UNIT_PREFIX, generation: int = 0
+) -> tuple[FleetUnit, ...]:
     """Every fleet unit of the spec, instance 1 first."""
     hash6 = spec_hash6(spec, generation)
     slots = slot_ids(spec.name, hash6, spec.slots)
@@ -296,7 +301,7 @@ _OPTION_FIELDS = {
 
 
 def render_issues(
-    spec: UnitSpec, filename: str, prefix: str = "k2", *, hash6: str | None = None
+    spec: UnitSpec, filename: str, prefix: str = DEFAULT_UNIT_PREFIX, *, hash6: str | None = None
 ) -> list[Issue]:
     """Problems visible only once rendered: a unit file line fleet would refuse.
 
@@ -332,7 +337,7 @@ def render_issues(
     return issues
 
 
-def check_renderable(spec: UnitSpec, filename: str, prefix: str = "k2") -> UnitSpec:
+def check_renderable(spec: UnitSpec, filename: str, prefix: str = DEFAULT_UNIT_PREFIX) -> UnitSpec:
     """``spec`` itself, or SpecError if it cannot be rendered into a unit fleet accepts."""
     issues = render_issues(spec, filename, prefix)
     if issues:

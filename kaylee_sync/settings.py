@@ -111,9 +111,11 @@ class EtcdSettings:
         """Settings from the original's comma-separated ``--etcd-endpoints`` value.
 
         Blank entries (a trailing comma, spaces around commas) are ignored; empty strings for
-        the optional values mean "not given", as an empty environment variable does.
+        the optional values mean "not given", as an empty environment variable does. A
+        ``host:port`` without a scheme is taken as etcdctl takes it (:func:`with_scheme`).
         """
-        urls = tuple(part.strip() for part in endpoints.split(",") if part.strip())
+        tls = any((ca_file, cert_file, key_file))
+        urls = tuple(with_scheme(p.strip(), tls) for p in endpoints.split(",") if p.strip())
         return cls(
             endpoints=urls,
             prefix=prefix,
@@ -133,6 +135,18 @@ class EtcdSettings:
     def endpoints_label(self) -> str:
         """The endpoints as one would type them, for one-line error messages."""
         return ",".join(self.endpoints)
+
+
+def with_scheme(endpoint: str, tls: bool) -> str:
+    """``host:port`` → ``http://host:port``, or ``https://`` when TLS files are given.
+
+    etcdctl v3 accepts scheme-less endpoints (``ETCDCTL_ENDPOINTS=10.0.0.1:2379``) and
+    speaks TLS to them when it has certificates; an operator's etcdctl settings mean the
+    same here. An endpoint with a scheme is left for :func:`check_endpoint` to judge.
+    """
+    if "://" in endpoint:
+        return endpoint
+    return f"{'https' if tls else 'http'}://{endpoint}"
 
 
 def check_endpoint(url: str, what: str = "etcd endpoint") -> str:

@@ -466,6 +466,10 @@ def test_run_override_writes_the_spec_suspends_sync_and_ls_shows_it(kaylee, stor
     assert user and host == socket.gethostname()
     assert "Git sync of countly suspended" in result.output
     assert "kaylee-sync resume countly" in result.output
+    # One transaction: the suspension and the spec were written at the same revision, so
+    # no sync could ever see the new spec unprotected.
+    suspended, unit = store.get("sync/suspended/countly"), store.get_unit("countly")
+    assert suspended.mod_revision == unit.mod_revision
 
     table = kaylee("ls", "--no-fleet")
     assert table.stdout.splitlines()[1].split()[:3] == ["countly", "(suspended)", "4"]
@@ -499,9 +503,10 @@ def test_rm_of_a_managed_unit_is_refused_unless_override_which_suspends(kaylee, 
     assert refused.exit_code == 1
     assert "countly is managed by Git" in refused.output and "remove it there" in refused.output
     assert store.get_unit("countly") is not None
+    store.bump_restart("countly")
     done = kaylee("rm", "countly", "--override", "--reason", "stop the bleeding")
     assert done.exit_code == 0, done.output
-    assert store.get_unit("countly") is None
+    assert store.get_unit("countly") is None and store.restart_generation("countly") == 0
     assert json.loads(store.get("sync/suspended/countly").value)["reason"] == "stop the bleeding"
     # The removed unit stays visible in ls, so nobody forgets that Git no longer owns it.
     table = kaylee("ls", "--no-fleet").stdout

@@ -8,9 +8,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kaylee_sync.daemon.fleetmeter import MeteredFleet
 from kaylee_sync.daemon.http import HttpServer
 from kaylee_sync.daemon.metrics import ERROR_STAGES, UNIT_STATES, Metrics
 from kaylee_sync.daemon.triggers import SyncQueue
+from kaylee_sync.errors import FleetNotFound
+from kaylee_sync.fleet.etcd2 import Etcd2Client
+from kaylee_sync.fleet.registry import RegistryDriver
+from kaylee_sync.unitfile import parse
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 Scrape = Callable[[], Samples]
@@ -72,6 +77,7 @@ def test_every_series_exists_at_zero_before_anything_happens(scrape: Scrape) -> 
 def test_a_sync_records_commit_time_lag_duration_and_the_plan(
     metrics: Metrics, scrape: Scrape
 ) -> None:
+    metrics.observe_sync(0.1, "start", None, {}, 0, False)  # the commit synced at start
     metrics.observe_sync(
         0.42,
         "0123456789abcdef0123456789abcdef01234567",
@@ -86,18 +92,19 @@ def test_a_sync_records_commit_time_lag_duration_and_the_plan(
     assert value(samples, "kaylee_sync_last_synced_commit_info", commit=commit) == 1
     assert value(samples, "kaylee_sync_last_success_timestamp_seconds") == 1_700_000_000.0
     assert value(samples, "kaylee_sync_commit_lag_seconds") == 3.5
-    assert value(samples, "kaylee_sync_sync_duration_seconds_count") == 1
-    assert value(samples, "kaylee_sync_sync_duration_seconds_sum") == pytest.approx(0.42)
-    assert value(samples, "kaylee_sync_sync_duration_seconds_bucket", le="0.5") == 1
-    assert value(samples, "kaylee_sync_sync_duration_seconds_bucket", le="0.25") == 0
+    assert value(samples, "kaylee_sync_sync_duration_seconds_count") == 2
+    assert value(samples, "kaylee_sync_sync_duration_seconds_sum") == pytest.approx(0.52)
+    assert value(samples, "kaylee_sync_sync_duration_seconds_bucket", le="0.5") == 2
+    assert value(samples, "kaylee_sync_sync_duration_seconds_bucket", le="0.25") == 1
     assert value(samples, "kaylee_sync_units", state="create") == 2
     assert value(samples, "kaylee_sync_units", state="update") == 1
     assert value(samples, "kaylee_sync_units", state="unchanged") == 7
     assert value(samples, "kaylee_sync_units", state="delete") == 0
-    assert value(samples, "kaylee_sync_syncs_total", result="ok") == 1
+    assert value(samples, "kaylee_sync_syncs_total", result="ok") == 2
 
 
 def test_the_next_sync_replaces_commit_and_counts(metrics: Metrics, scrape: Scrape) -> None:
+    metrics.observe_sync(0.1, "start", None, {}, 0, False)  # the commit synced at start
     metrics.observe_sync(0.1, "aaaa", 1.0, {"create": 5}, 0, False)
     metrics.observe_sync(0.1, "bbbb", None, {"unchanged": 5}, 0, False)
     samples = scrape()
@@ -106,7 +113,7 @@ def test_the_next_sync_replaces_commit_and_counts(metrics: Metrics, scrape: Scra
     assert value(samples, "kaylee_sync_units", state="create") == 0
     assert value(samples, "kaylee_sync_units", state="unchanged") == 5
     assert value(samples, "kaylee_sync_commit_lag_seconds") == 1.0  # None: left as it was
-    assert value(samples, "kaylee_sync_syncs_total", result="ok") == 2
+    assert value(samples, "kaylee_sync_syncs_total", result="ok") == 3
 
 
 def test_invalid_files_and_a_refused_prune_make_a_partial_sync(
@@ -166,3 +173,54 @@ def test_two_instances_do_not_share_or_collide() -> None:
     first.set_leader(True)
     assert first.registry.get_sample_value("kaylee_sync_leader") == 1
     assert second.registry.get_sample_value("kaylee_sync_leader") == 0
+
+
+def test_build_info_names_the_version_and_no_created_series(scrape: Scrape) -> None:
+    from kaylee_sync import __version__
+
+    samples = scrape()
+    assert value(samples, "kaylee_sync_build_info", version=__version__) == 1
+    assert not [name for name, _ in samples if name.endswith("_created")]
+
+
+def test_commit_lag_is_only_measured_for_commits_first_seen_while_running(
+    metrics: Metrics, scrape: Scrape
+) -> None:
+    metrics.observe_sync(0.1, "old", 86_400.0, {"unchanged": 3}, 0, False)  # synced at start
+    assert value(scrape(), "kaylee_sync_commit_lag_seconds") == 0
+    metrics.observe_sync(0.1, "old", None, {"unchanged": 3}, 0, False)
+    assert value(scrape(), "kaylee_sync_commit_lag_seconds") == 0
+    metrics.observe_sync(0.1, "pushed", 2.5, {"update": 1}, 0, False)
+    assert value(scrape(), "kaylee_sync_commit_lag_seconds") == 2.5
+
+
+def test_unit_rollout_phase_has_one_series_per_unit_and_drops_gone_units(
+    metrics: Metrics, scrape: Scrape
+) -> None:
+    metrics.set_unit_phases({"web": "rolling", "db": "steady"})
+    samples = scrape()
+    assert value(samples, "kaylee_sync_unit_rollout_phase", unit="web", phase="rolling") == 1
+    assert value(samples, "kaylee_sync_unit_rollout_phase", unit="db", phase="steady") == 1
+    metrics.set_unit_phases({"web": "steady"})
+    series = sorted(labels for name, labels in scrape() if name == "kaylee_sync_unit_rollout_phase")
+    assert series == [(("phase", "steady"), ("unit", "web"))]
+
+
+def test_fleet_writes_and_errors_are_counted_at_the_driver(
+    metrics: Metrics, scrape: Scrape, client: Etcd2Client, prefix: str
+) -> None:
+    fleet = MeteredFleet(RegistryDriver(client, prefix + "/fleet/"), metrics)
+    for op in ("create_unit", "set_target_state", "destroy_unit"):
+        assert value(scrape(), "kaylee_sync_fleet_writes_total", op=op) == 0
+    fleet.create_unit("k2:web:abcdef:0:1.service", parse("[Service]\nExecStart=/bin/true\n"))
+    fleet.set_target_state("k2:web:abcdef:0:1.service", "loaded")
+    fleet.destroy_unit("k2:web:abcdef:0:1.service")
+    with pytest.raises(FleetNotFound):
+        fleet.destroy_unit("k2:web:abcdef:0:1.service")
+    assert fleet.units() == []
+    samples = scrape()
+    assert value(samples, "kaylee_sync_fleet_writes_total", op="create_unit") == 1
+    assert value(samples, "kaylee_sync_fleet_writes_total", op="set_target_state") == 1
+    assert value(samples, "kaylee_sync_fleet_writes_total", op="destroy_unit") == 1
+    assert value(samples, "kaylee_sync_fleet_errors_total", op="destroy_unit") == 1
+    assert value(samples, "kaylee_sync_fleet_errors_total", op="read") == 0

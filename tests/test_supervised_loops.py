@@ -429,8 +429,8 @@ def test_the_watchdog_loop_goes_on_after_an_unexpected_exception(
 
 
 #: exceptions injected in a row by the test below; docs/reliability.md records a run
-#: with KAYLEE_FAULT_TRIALS=200
-TRIALS = int(os.environ.get("KAYLEE_FAULT_TRIALS", "5"))
+#: with FAULT_TRIALS=200
+TRIALS = int(os.environ.get("FAULT_TRIALS", "5"))
 
 
 @pytest.mark.parametrize("program", PROGRAMS)

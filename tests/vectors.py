@@ -1,4 +1,9 @@
-"""The reference vectors in ``../shared/vectors`` (computed by the Go Kaylee and fleet).
+"""The reference vectors in ``tests/data/vectors`` (computed by the Go Kaylee and fleet).
+
+They are facts about the Go original and fleet that this project cannot recompute, so
+they are kept inside the repository (a copy of the team's shared vectors): a fresh clone
+with nothing beside it runs every test. ``tests/data/vectors/README.md`` explains the
+fields.
 
 Lines are split on "\\n" only: the vectors hold U+2028 inside JSON strings, which
 ``str.splitlines`` would treat as a line break.
@@ -10,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-VECTORS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+VECTORS_DIR = Path(__file__).resolve().parent / "data" / "vectors"
 
 
 def load(name: str) -> list[dict[str, Any]]:

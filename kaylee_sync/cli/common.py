@@ -3,6 +3,11 @@
 Commands raise project errors (``kaylee_sync.errors``); :class:`KayleeGroup` turns a
 ``KayleeError`` into a one-line message on stderr and exit code 1, and anything else
 into exit code 70 (EX_SOFTWARE) with the traceback — a bug, not a user mistake.
+
+It is also the one place where click's own usage errors (a mistyped flag, a bad choice,
+a bad ``KAYLEE_*`` value) get their exit code: click uses 2, which ``plan`` reports as
+"there are changes", so a CI job would pass on a typo. They exit 1, as every other user
+error does. docs/cli.md has the table of every exit code.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ import click
 
 from kaylee_sync.cli.values import Seconds
 from kaylee_sync.errors import KayleeError
+from kaylee_sync.render import DEFAULT_UNIT_PREFIX
+from kaylee_sync.secrets import register_secret
 from kaylee_sync.settings import EtcdSettings
 
+USAGE_EXIT = 1  # a bad flag, choice or KAYLEE_* value: never a code a command reports
 INTERNAL_ERROR_EXIT = 70
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 log = logging.getLogger("kaylee_sync")
@@ -44,9 +52,24 @@ class KayleeGroup(click.Group):
                 raise click.UsageError(f"environment variable {name} is not valid UTF-8", ctx)
         return super().parse_args(ctx, args)
 
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        # The group's own options (and environment variables) are parsed here.
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _usage_error(exc) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's name, options or variables
+            raise _usage_error(exc) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KayleeError as exc:
@@ -80,20 +103,41 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
+def _usage_error(exc: click.UsageError) -> click.UsageError:
+    """Give click's usage error our exit code, and name the variable a bad value came from."""
+    # click declares exit_code a class variable; this instance gets its own.
+    exc.__dict__["exit_code"] = USAGE_EXIT
+    if isinstance(exc, click.BadParameter) and exc.ctx is not None and exc.param is not None:
+        source = exc.ctx.get_parameter_source(exc.param.name or "")
+        variable = _set_variable(exc.param)
+        if source is click.core.ParameterSource.ENVIRONMENT and variable:
+            names = "/".join(getattr(exc.param, "opts", [])[-1:]) or exc.param.name
+            exc.param_hint = f"{names!r} (from the environment variable {variable})"
+    return exc
+
+
+def _set_variable(param: click.Parameter) -> str | None:
+    """The first non-empty variable of ``param``, the one click read its value from."""
+    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
+    return next((name for name in names if os.environ.get(name)), None)
+
+
 def etcd_options(func: F) -> F:
     """The original Kaylee's global etcd flags, plus TLS, auth and a timeout.
 
     Each reads one fixed ``KAYLEE_ETCD_*`` variable, whatever command it is on, so one
-    EnvironmentFile serves the daemon, ``kaylee-sync status`` and ``kaylee ls`` alike.
+    EnvironmentFile serves the daemon, ``kaylee-sync status`` and ``kaylee ls`` alike;
+    then etcdctl's own variables (v3 names first, then the original Kaylee's
+    ``ETCDCTL_ENDPOINT``), so a shell set up for etcdctl works as it is.
     """
+    file_type = click.Path(dir_okay=False)
     options = [
         click.option(
             "--etcd-endpoints",
-            envvar=["KAYLEE_ETCD_ENDPOINTS", "ETCDCTL_ENDPOINT"],
+            envvar=["KAYLEE_ETCD_ENDPOINTS", "ETCDCTL_ENDPOINTS", "ETCDCTL_ENDPOINT"],
             default=EtcdSettings.DEFAULT_ENDPOINTS,
             show_default=True,
-            help="A comma-delimited list of etcd endpoints "
-            "(env KAYLEE_ETCD_ENDPOINTS or ETCDCTL_ENDPOINT).",
+            help="A comma-delimited list of etcd endpoints (URLs, or host:port).",
         ),
         click.option(
             "--etcd-prefix",
@@ -104,28 +148,30 @@ def etcd_options(func: F) -> F:
         ),
         click.option(
             "--etcd-ca-file",
-            envvar="KAYLEE_ETCD_CA_FILE",
-            type=click.Path(dir_okay=False),
+            envvar=["KAYLEE_ETCD_CA_FILE", "ETCDCTL_CACERT"],
+            type=file_type,
             help="CA bundle (TLS).",
         ),
         click.option(
             "--etcd-cert-file",
-            envvar="KAYLEE_ETCD_CERT_FILE",
-            type=click.Path(dir_okay=False),
+            envvar=["KAYLEE_ETCD_CERT_FILE", "ETCDCTL_CERT"],
+            type=file_type,
             help="Client certificate (TLS).",
         ),
         click.option(
             "--etcd-key-file",
-            envvar="KAYLEE_ETCD_KEY_FILE",
-            type=click.Path(dir_okay=False),
+            envvar=["KAYLEE_ETCD_KEY_FILE", "ETCDCTL_KEY"],
+            type=file_type,
             help="Client private key (TLS).",
         ),
         click.option(
-            "--etcd-username", envvar=["KAYLEE_ETCD_USERNAME", "ETCDCTL_USER"], help="etcd user."
+            "--etcd-username",
+            envvar=["KAYLEE_ETCD_USERNAME", "ETCDCTL_USER"],
+            help="etcd user (etcdctl's USER[:PASSWORD] is accepted).",
         ),
         click.option(
             "--etcd-password",
-            envvar="KAYLEE_ETCD_PASSWORD",
+            envvar=["KAYLEE_ETCD_PASSWORD", "ETCDCTL_PASSWORD"],
             help="etcd password; prefer the environment variable KAYLEE_ETCD_PASSWORD.",
         ),
         click.option(
@@ -140,6 +186,17 @@ def etcd_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def unit_prefix_option(help: str = "Prefix of the fleet unit names.") -> Callable[[F], F]:
+    """``--unit-prefix``: one option, one variable, in every command that names fleet units."""
+    return click.option(
+        "--unit-prefix",
+        envvar="KAYLEE_UNIT_PREFIX",
+        default=DEFAULT_UNIT_PREFIX,
+        show_default=True,
+        help=help,
+    )
 
 
 def format_option(
@@ -158,14 +215,21 @@ def format_option(
 
 def etcd_settings_from(params: dict[str, Any]) -> EtcdSettings:
     """Build EtcdSettings from the values of :func:`etcd_options`."""
+    username, password = params["etcd_username"], params["etcd_password"]
+    if username and ":" in username:
+        # etcdctl's --user (and ETCDCTL_USER) is USER[:PASSWORD]; a password given on its
+        # own (flag, KAYLEE_ETCD_PASSWORD, ETCDCTL_PASSWORD) wins over the embedded one.
+        username, embedded = username.split(":", 1)
+        register_secret(embedded)
+        password = password or embedded
     return EtcdSettings.from_endpoints_string(
         params["etcd_endpoints"],
         prefix=params["etcd_prefix"],
         ca_file=params["etcd_ca_file"],
         cert_file=params["etcd_cert_file"],
         key_file=params["etcd_key_file"],
-        username=params["etcd_username"],
-        password=params["etcd_password"],
+        username=username,
+        password=password,
         timeout=params["etcd_timeout"],
     )
 

@@ -11,21 +11,24 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from kaylee_sync.cli.common import etcd_settings_from
-from kaylee_sync.cli.fleetopts import fleet_client, scheduler_settings_from
+from kaylee_sync.cli.fleetopts import fleet_client, scheduler_settings_from, verbose_option
 from kaylee_sync.cli.gitopts import read_secret_file, source_settings_from
 from kaylee_sync.cli.plancmd import prune_options, prune_settings
+from kaylee_sync.cli.trustopts import feedback_settings_from, signature_policy_from
 from kaylee_sync.cli.values import Seconds
 from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
 from kaylee_sync.daemon.logs import register_secret, setup_logging
 from kaylee_sync.election import lead_once, make_identity
 from kaylee_sync.errors import KayleeError
+from kaylee_sync.feedback import Feedback
+from kaylee_sync.fleet.model import DEFAULT_KEY_PREFIX
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.runner import Scheduler
 from kaylee_sync.source import GitSource
@@ -45,7 +48,7 @@ def daemon_options(func: F) -> F:
             show_default=True,
             help="Seconds between polls of the repository (10 % jitter).",
         ),
-        prune_options("KAYLEE"),
+        prune_options(),
         click.option("--once", is_flag=True,
                      help="Sync once (plus one scheduler pass), then exit 0/1."),
         click.option(
@@ -70,7 +73,7 @@ def daemon_options(func: F) -> F:
                           "beside 'kaylee server': both campaign for the same leadership."),
         click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
                      show_default=True, help="Log lines for people or for log pipelines."),
-        click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
+        verbose_option,
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)
@@ -92,7 +95,12 @@ def _settings(params: dict[str, Any], git_timeout: float) -> DaemonSettings:
         interval=params["interval"],
         listen=params["listen"] or None,
         webhook_secret=_secret(params),
-        sync=SyncSettings(**prune_settings(params), unit_prefix=params["unit_prefix"]),
+        sync=SyncSettings(
+            **prune_settings(params),
+            unit_prefix=params["unit_prefix"],
+            signatures=signature_policy_from(params),  # issue 15
+        ),
+        feedback=feedback_settings_from(params),  # issue 15
         scheduler=scheduler,
         election=election,
         schedule=not params["no_scheduler"],
@@ -109,7 +117,7 @@ def _dev(params: dict[str, Any]) -> Iterator[dict[str, Any]]:
     with DevEnvironment() as env:
         params = {**params, "etcd_endpoints": env.endpoint, "fleet_driver": "etcd"}
         params["fleet_endpoints"] = None
-        params["fleet_prefix"] = "/_coreos.com/fleet/"
+        params["fleet_prefix"] = DEFAULT_KEY_PREFIX
         repo_args = f"--repo {shlex.quote(params['repo'])}"
         if params.get("unit_path"):
             repo_args += f" --path {shlex.quote(params['unit_path'])}"
@@ -144,11 +152,15 @@ def _once(
 ) -> int:
     """One sync and one scheduler pass, holding leadership for that long (or refusing)."""
     identity = make_identity()
-    with lead_once(store, identity, max(30, settings.election.lease_ttl)):
+    feedback = Feedback(settings.feedback)  # issue 15: statuses and notifications, as a daemon
+    with lead_once(store, identity, max(30, settings.election.lease_ttl)), closing(feedback):
         result = Syncer(source, store, settings.sync, identity=identity).sync_once()
+        feedback.sync_result(
+            result.commit, ok=result.ok, error=result.error, stage=result.stage, plan=result.plan
+        )
         if fleet is not None and settings.schedule:
             try:
-                Scheduler(store, fleet, settings.scheduler).run_pass()
+                feedback.rollout(Scheduler(store, fleet, settings.scheduler).run_pass())
             except KayleeError as exc:
                 log.error("scheduler pass failed: %s", exc)
                 return 1

@@ -12,35 +12,48 @@ from typing import Any, TypeVar
 
 import click
 
+from kaylee_sync.cli.common import unit_prefix_option
 from kaylee_sync.cli.values import Seconds
 from kaylee_sync.election import ElectionSettings
 from kaylee_sync.errors import UsageError
+from kaylee_sync.fleet.connect import DEFAULT_API_ENDPOINT, FleetSettings, connect
+from kaylee_sync.fleet.model import DEFAULT_KEY_PREFIX
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.scheduler.runner import SchedulerSettings
-from kaylee_sync.settings import EtcdSettings, check_endpoint
+from kaylee_sync.settings import EtcdSettings, check_endpoint, with_scheme
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_FLEET_PREFIX = "/_coreos.com/fleet/"
-DEFAULT_API_ENDPOINT = "unix:///var/run/fleet.sock"
+DEFAULT_FLEET_PREFIX = DEFAULT_KEY_PREFIX
+#: ``--fleet-prefix``'s variables, wherever the option appears
+FLEET_PREFIX_VARS = ["KAYLEE_FLEET_PREFIX", "FLEETCTL_ETCD_KEY_PREFIX"]
 
 
 def fleet_options(func: F) -> F:
+    """fleet's flags, each read from one fixed ``KAYLEE_FLEET_*`` variable, then fleetctl's.
+
+    fleetctl's ``FLEETCTL_ENDPOINT`` is the endpoint of whichever driver it uses (fleetd's
+    API, or the etcd holding the registry), so it backs both endpoint flags; only the
+    chosen driver reads its own. Note that fleetctl's default driver is ``api`` and ours
+    is ``etcd`` (the original's way): set ``FLEETCTL_DRIVER`` as well.
+    """
     options = [
         click.option(
             "--fleet-driver",
-            type=click.Choice(["etcd", "api"]),
+            envvar=["KAYLEE_FLEET_DRIVER", "FLEETCTL_DRIVER"],
+            type=click.Choice(["etcd", "api"], case_sensitive=False),  # fleetctl says "API"
             default="etcd",
             show_default=True,
             help="etcd: fleet's registry in etcd (v2 API), as the original; api: fleetd's API.",
         ),
         click.option(
             "--fleet-endpoints",
-            callback=_fleet_endpoints,
+            envvar=["KAYLEE_FLEET_ENDPOINTS", "FLEETCTL_ENDPOINT"],
             help="etcd endpoints of fleet's registry (etcd driver); default: --etcd-endpoints.",
         ),
         click.option(
             "--fleet-endpoint",
+            envvar=["KAYLEE_FLEET_ENDPOINT", "FLEETCTL_ENDPOINT"],
             default=DEFAULT_API_ENDPOINT,
             callback=_fleet_api_endpoint,
             show_default=True,
@@ -48,31 +61,16 @@ def fleet_options(func: F) -> F:
         ),
         click.option(
             "--fleet-prefix",
+            envvar=FLEET_PREFIX_VARS,
             default=DEFAULT_FLEET_PREFIX,
             show_default=True,
             help="Keyspace for fleet data in etcd.",
         ),
-        click.option(
-            "--unit-prefix", default="k2", show_default=True, help="Prefix for units in fleet."
-        ),
+        unit_prefix_option("Prefix for units in fleet."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
-
-
-def _fleet_endpoints(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    """Checked as --etcd-endpoints are, at parse time: a bad URL is a one-line usage error
-    instead of a fleet client retrying it for seconds and failing deep in a sync."""
-    if value is None:
-        return None
-    urls = [part.strip() for part in value.split(",") if part.strip()]
-    try:
-        if not urls:
-            raise UsageError("no endpoint given")
-        return ",".join(check_endpoint(url, "fleet endpoint") for url in urls)
-    except UsageError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def _fleet_api_endpoint(ctx: click.Context, param: click.Parameter, value: str) -> Any:
@@ -92,6 +90,7 @@ def scheduler_options(func: F) -> F:
     options = [
         click.option(
             "--lease-ttl",
+            envvar="KAYLEE_LEASE_TTL",
             type=click.IntRange(min=2, max=3600),
             default=10,
             show_default=True,
@@ -99,6 +98,7 @@ def scheduler_options(func: F) -> F:
         ),
         click.option(
             "--stable",
+            envvar="KAYLEE_STABLE",
             type=Seconds(min=0),
             default=10.0,
             show_default=True,
@@ -106,6 +106,7 @@ def scheduler_options(func: F) -> F:
         ),
         click.option(
             "--rollout-timeout",
+            envvar="KAYLEE_ROLLOUT_TIMEOUT",
             type=Seconds(min=1),
             default=300.0,
             show_default=True,
@@ -113,6 +114,7 @@ def scheduler_options(func: F) -> F:
         ),
         click.option(
             "--resync",
+            envvar="KAYLEE_RESYNC",
             type=Seconds(min=1, max=86400),
             default=60.0,
             show_default=True,
@@ -122,6 +124,13 @@ def scheduler_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def verbose_option(func: F) -> F:
+    """``-v``/``--verbose``: debug logging, the same flag and variable in both programs."""
+    return click.option(
+        "-v", "--verbose", envvar="KAYLEE_VERBOSE", is_flag=True, help="Debug logging."
+    )(func)
 
 
 def scheduler_settings_from(params: dict[str, Any]) -> tuple[SchedulerSettings, ElectionSettings]:
@@ -136,22 +145,22 @@ def scheduler_settings_from(params: dict[str, Any]) -> tuple[SchedulerSettings, 
 
 
 def fleet_client(etcd: EtcdSettings, params: dict[str, Any]) -> FleetClient:
-    """The FleetClient that ``fleet_options`` describe (TLS and auth as for etcd v3)."""
-    if params["fleet_driver"] == "api":
-        from kaylee_sync.fleet.api import ApiDriver
+    """The FleetClient that ``fleet_options`` describe."""
+    return connect(fleet_settings_from(params), etcd)
 
-        return ApiDriver(params["fleet_endpoint"])
-    from kaylee_sync.fleet.etcd2 import Etcd2Client
-    from kaylee_sync.fleet.registry import RegistryDriver
 
-    endpoints = params["fleet_endpoints"] or ",".join(etcd.endpoints)
-    client = Etcd2Client(
-        endpoints,
-        ca_cert=etcd.ca_file,
-        cert=etcd.cert_file,
-        key=etcd.key_file,
-        username=etcd.username,
-        password=etcd.password,
-        timeout=etcd.timeout,
+def fleet_settings_from(params: dict[str, Any]) -> FleetSettings:
+    """The fleet options, checked once all are known: FLEETCTL_ENDPOINT fills both
+    endpoint options, and is only an etcd endpoint when the driver is ``etcd``."""
+    given = params["fleet_endpoints"] or ""
+    endpoints = tuple(e.strip() for e in given.split(",") if e.strip())
+    driver = params["fleet_driver"].lower()
+    if driver == "etcd":
+        for url in endpoints:  # scheme-less host:port is fleetctl's way (http or https)
+            check_endpoint(with_scheme(url, tls=False), "fleet endpoint")
+    return FleetSettings(
+        driver=driver,
+        endpoints=endpoints,
+        api_endpoint=params["fleet_endpoint"],
+        key_prefix=params["fleet_prefix"],
     )
-    return RegistryDriver(client, params["fleet_prefix"])

@@ -41,7 +41,7 @@ from kaylee_sync.health import (
     decode_report,
     judge,
 )
-from kaylee_sync.render import parse_unit_name
+from kaylee_sync.render import DEFAULT_UNIT_PREFIX, parse_unit_name
 from kaylee_sync.scheduler.decide import is_running, replica_variant
 from kaylee_sync.spec import UnitSpec, spec_hash6
 from kaylee_sync.store import Store, keys
@@ -68,7 +68,7 @@ class Target:
     spec: UnitSpec
     value: bytes
     generation: int = 0
-    unit_prefix: str = "k2"
+    unit_prefix: str = DEFAULT_UNIT_PREFIX
 
     @property
     def name(self) -> str:

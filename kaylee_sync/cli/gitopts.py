@@ -17,6 +17,7 @@ import click
 
 from kaylee_sync.cli.values import Directory
 from kaylee_sync.errors import UsageError
+from kaylee_sync.render import DEFAULT_UNIT_PREFIX
 from kaylee_sync.source import GitCredentials, SourceSettings
 from kaylee_sync.source.credentials import register_secret, split_url_credentials
 
@@ -90,13 +91,13 @@ def source_options(func: F) -> F:
             envvar="KAYLEE_REPO",
             callback=_no_password_on_command_line,
             help="Repository of unit files: https://, ssh://, git@host:path, file:// or a "
-            "local path (read in place). Env KAYLEE_REPO.",
+            "local path (read in place).",
         ),
         click.option(
             "--branch",
             envvar="KAYLEE_BRANCH",
             help="Branch to follow [default: the remote's default branch; for a local path, "
-            "its checked-out branch]. Env KAYLEE_BRANCH.",
+            "its checked-out branch].",
         ),
         click.option(
             "--path",
@@ -104,34 +105,31 @@ def source_options(func: F) -> F:
             envvar="KAYLEE_PATH",
             default="",
             help="Directory of the unit files in the repository, searched recursively for "
-            "*.yaml/*.yml [default: the whole tree]. Env KAYLEE_PATH.",
+            "*.yaml/*.yml [default: the whole tree].",
         ),
         click.option(
             "--cache-dir",
             envvar="KAYLEE_CACHE_DIR",
             type=Directory(),
-            help="Where remote repositories are cloned [default: ~/.cache/kaylee-sync/repos]. "
-            "Env KAYLEE_CACHE_DIR.",
+            help="Where remote repositories are cloned [default: ~/.cache/kaylee-sync/repos].",
         ),
         click.option(
             "--ssh-key-file",
             envvar="KAYLEE_SSH_KEY_FILE",
             type=file_type,
-            help="SSH private key for ssh remotes. Env KAYLEE_SSH_KEY_FILE.",
+            help="SSH private key for ssh remotes.",
         ),
         click.option(
             "--known-hosts-file",
             envvar="KAYLEE_KNOWN_HOSTS_FILE",
             type=file_type,
-            help="known_hosts for the remote (strict host key checking). "
-            "Env KAYLEE_KNOWN_HOSTS_FILE.",
+            help="known_hosts for the remote (strict host key checking).",
         ),
         click.option(
             "--https-token-file",
             envvar="KAYLEE_HTTPS_TOKEN_FILE",
             type=file_type,
-            help=f"File holding a token for https remotes (or set {TOKEN_ENV}). "
-            "Env KAYLEE_HTTPS_TOKEN_FILE.",
+            help=f"File holding a token for https remotes (or set {TOKEN_ENV}).",
         ),
         click.option(
             "--https-username",
@@ -146,7 +144,9 @@ def source_options(func: F) -> F:
     return func
 
 
-def source_settings_from(params: dict[str, Any], unit_prefix: str = "k2") -> SourceSettings:
+def source_settings_from(
+    params: dict[str, Any], unit_prefix: str = DEFAULT_UNIT_PREFIX
+) -> SourceSettings:
     repo = params.get("repo")
     if not repo:
         raise UsageError("no repository given: use --repo URL|PATH (or set KAYLEE_REPO)")

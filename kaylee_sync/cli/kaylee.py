@@ -12,7 +12,6 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,35 +27,37 @@ from kaylee_sync.cli.common import (
     format_option,
     setup_logging,
 )
+from kaylee_sync.cli.envvars import name_variables
 from kaylee_sync.cli.fleetopts import (
     fleet_client,
     fleet_options,
     scheduler_options,
     scheduler_settings_from,
+    verbose_option,
 )
 from kaylee_sync.cli.follow import FollowSettings, Target, display_for, follow
-from kaylee_sync.cli.rolloutcmd import rollout, write_unit
+from kaylee_sync.cli.rolloutcmd import rollout
 from kaylee_sync.cli.values import Seconds
-from kaylee_sync.errors import KayleeError, NotFoundError, StoreError, UsageError
+from kaylee_sync.cli.watching import repeat, watch_option
+from kaylee_sync.errors import KayleeError, NotFoundError, UsageError
 from kaylee_sync.render import check_renderable
 from kaylee_sync.server import SERVER_LISTEN, SchedulerServer
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.source.localfile import load_unit_file_and_policy
-from kaylee_sync.spec import spec_hash, to_json
-from kaylee_sync.store import Store, keys
-from kaylee_sync.sync.inventory import decode_inventory
-from kaylee_sync.sync.suspend import suspend
+from kaylee_sync.spec import policy_to_json, spec_hash, to_json
+from kaylee_sync.store import Store
+from kaylee_sync.sync.takeover import Override, Written, remove_unit, run_unit
 
 
 class RolloutFailed(KayleeError):
     """``kaylee run --wait``: the rollout failed, stalled or was superseded (exit 1)."""
 
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KAYLEE"}
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 @click.group(cls=KayleeGroup, context_settings=CONTEXT)
-@click.version_option(__version__, "--version", "-v", prog_name="kaylee")
+@click.version_option(__version__, "--version", "-V", prog_name="kaylee")
 @etcd_options
 @click.pass_context
 def cli(ctx: click.Context, /, **params: Any) -> None:
@@ -117,15 +118,14 @@ def run(ctx: click.Context, /, file: Path, **params: Any) -> None:
     spec = check_renderable(spec, str(file))
     value = to_json(spec)
     with _store(ctx) as store:
-        suspension = _take_over(store, spec.name, "run", override)
-        revision = write_unit(store, spec.name, value, policy)
+        stored_policy = "" if policy.is_default else policy_to_json(policy)
+        written = run_unit(store, spec.name, value, override, now=time.time(), policy=stored_policy)
         generation = store.restart_generation(spec.name)
         click.echo(
             f"unit {spec.name} written (spec hash {spec_hash(spec, generation)[:6]}, "
-            f"revision {revision})"
+            f"revision {written.revision})"
         )
-        if suspension:
-            click.echo(suspension)
+        _tell(spec.name, written)
         if not params["wait"]:
             return
         settings: EtcdSettings = ctx.obj
@@ -156,27 +156,38 @@ def run(ctx: click.Context, /, file: Path, **params: Any) -> None:
 @fleet_options
 @format_option("table", "json", help="Output format.")
 @click.option("--no-fleet", is_flag=True, help="Do not ask fleet for its units and states.")
+@watch_option
 @click.pass_context
-def ls(ctx: click.Context, /, fmt: str, no_fleet: bool, **params: Any) -> None:
+def ls(
+    ctx: click.Context, /, fmt: str, no_fleet: bool, watch: bool, every: float, **params: Any
+) -> None:
     """List units: their fleet units with machine and state, and rollout progress.
 
     \b
     Examples:
       kaylee ls
+      kaylee ls --watch
       kaylee ls --format json | jq '.units[] | {name, rollout}'
     """
     settings: EtcdSettings = ctx.obj
     fleet = None if no_fleet else fleet_client(settings, params)
+
+    def show() -> None:
+        data = listing.collect(store, fleet, params["unit_prefix"])
+        if fmt == "json":
+            echo_json(data)
+        else:
+            listing.print_table(data)
+
     try:
         with _store(ctx) as store:
-            data = listing.collect(store, fleet, params["unit_prefix"])
+            if watch:
+                repeat(show, every, "kaylee ls", header=fmt != "json")
+            else:
+                show()
     finally:
         if fleet is not None:
             fleet.close()
-    if fmt == "json":
-        echo_json(data)
-    else:
-        listing.print_table(data)
 
 
 @cli.command()
@@ -218,31 +229,19 @@ def rm(ctx: click.Context, /, name: str, **params: Any) -> None:
     """
     override = _override(params)
     with _store(ctx) as store:
-        if store.get_unit(name) is None:
-            raise NotFoundError(f"no unit named {name!r} (see 'kaylee ls')")
-        suspension = _take_over(store, name, "rm", override)
-        if not store.delete_unit(name):
-            raise NotFoundError(f"no unit named {name!r} (see 'kaylee ls')")
-        store.clear_restart(name)
+        written = remove_unit(store, name, override, now=time.time())
     click.echo(f"unit {name} removed")
-    if suspension:
-        click.echo(suspension)
+    _tell(name, written)
 
 
-@dataclass(frozen=True)
-class _Override:
-    reason: str
-    who: str
-
-
-def _override(params: dict[str, Any]) -> _Override | None:
+def _override(params: dict[str, Any]) -> Override | None:
     """The --override/--reason pair, checked: a reason is required, and only with it."""
     reason = (params["reason"] or "").strip()
     if params["override"] and not reason:
         raise UsageError("--override needs --reason: say why Git is overridden")
     if reason and not params["override"]:
         raise UsageError("--reason is only used with --override")
-    return _Override(reason, _who()) if params["override"] else None
+    return Override(who=_who(), reason=reason) if params["override"] else None
 
 
 def _who() -> str:
@@ -254,43 +253,16 @@ def _who() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _take_over(store: Store, name: str, verb: str, override: _Override | None) -> str:
-    """Refuse to touch a unit Git manages, unless overriding: then suspend its Git sync.
-
-    Returns what to tell the user ("" for an ordinary unit). The suspension is written
-    *before* the spec, so that a sync running in between cannot undo the change.
-    """
-    stored = store.get(keys.INVENTORY)
-    where = ""
-    if stored is not None:
-        try:
-            inventory = decode_inventory(stored.value, stored.key)
-        except StoreError as exc:  # unreadable: we cannot tell, so treat it as managed
-            if override is None:
-                raise UsageError(
-                    f"cannot tell whether Git manages {name} ({exc}); use --override "
-                    "--reason … to go ahead anyway"
-                ) from None
-            where = "an unreadable inventory"
-        else:
-            entry = inventory.units.get(name)
-            if entry is not None:
-                where = f"{entry.path} in {inventory.repo}"
-    if not where:
-        return f"note: {name} is not managed by Git; nothing to override" if override else ""
-    if override is None:
-        change = "change it there" if verb == "run" else "remove it there"
-        raise UsageError(
-            f"{name} is managed by Git ({where}); {change}, or use --override --reason … "
-            "to take it over in an emergency"
+def _tell(name: str, written: Written) -> None:
+    """What a takeover did beyond the write: the suspension it made, or a note."""
+    if written.suspension is not None:
+        s = written.suspension
+        click.echo(
+            f"Git sync of {name} suspended ({s.who}: {s.reason}); "
+            f"'kaylee-sync resume {name}' hands it back to Git"
         )
-    suspension = suspend(
-        store, name, who=override.who, reason=override.reason, until=None, now=time.time()
-    )
-    return (
-        f"Git sync of {name} suspended ({suspension.who}: {suspension.reason}); "
-        f"'kaylee-sync resume {name}' hands it back to Git"
-    )
+    elif written.note:
+        click.echo(f"note: {written.note}")
 
 
 @cli.command()
@@ -303,7 +275,7 @@ def _take_over(store: Store, name: str, verb: str, override: _Override | None) -
     help="HTTP listener for /healthz, /readyz and /metrics ('' = off). Not kaylee-sync's "
     "9420, so both can run on one node.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@verbose_option
 @click.pass_context
 def server(ctx: click.Context, /, listen: str, **params: Any) -> None:
     """Run the scheduling server: turn units/* into fleet units (leader only).
@@ -330,6 +302,7 @@ def server(ctx: click.Context, /, listen: str, **params: Any) -> None:
 
 
 cli.add_command(rollout)
+name_variables(cli)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from kaylee_sync.cli.common import echo_json, format_option
+from kaylee_sync.cli.common import echo_json, format_option, unit_prefix_option
 from kaylee_sync.errors import UsageError
 from kaylee_sync.plan.model import DesiredUnit, FileProblem
 from kaylee_sync.source import (
@@ -38,15 +38,14 @@ from kaylee_sync.spec import unit_schema
 @click.option(
     "--path",
     "unit_path",
+    envvar="KAYLEE_PATH",  # the Git option's variable: the same directory
     default="",
     show_default=True,
     help="Without PATH arguments: the unit directory inside the git repository around the "
     'current directory ("" = the repository root).',
 )
 @format_option("text", "json")
-@click.option(
-    "--unit-prefix", default="k2", show_default=True, help="Prefix of the fleet unit names."
-)
+@unit_prefix_option()
 def validate(paths: tuple[Path, ...], unit_path: str, fmt: str, unit_prefix: str) -> None:
     """Check unit files on disk: files, or directories searched for *.yaml and *.yml.
 

@@ -12,6 +12,7 @@ import getpass
 import json
 import socket
 import time
+from functools import partial
 from typing import Any
 
 import click
@@ -25,6 +26,7 @@ from kaylee_sync.cli.common import (
 )
 from kaylee_sync.cli.rolloutcmd import troubled_rollouts
 from kaylee_sync.cli.values import Duration
+from kaylee_sync.cli.watching import repeat, watch_option
 from kaylee_sync.errors import UsageError
 from kaylee_sync.plan.compute import format_time, short_commit
 from kaylee_sync.store import Store
@@ -85,26 +87,38 @@ def resume(name: str, **params: Any) -> None:
 
 @click.command()
 @format_option("text", "json")
+@watch_option
 @etcd_options
-def status(fmt: str, **params: Any) -> None:
+def status(fmt: str, watch: bool, every: float, **params: Any) -> None:
     """Show the leader, the last sync attempt and success, and suspended units.
 
     \b
     Examples:
       kaylee-sync status
+      kaylee-sync status --watch
       kaylee-sync status --format json | jq .attempt.problems
     """
     with Store(etcd_settings_from(params)) as store:
-        leader = store.leader()
-        state, malformed = read_status_checked(store)
-        suspended, bad_suspensions = read_suspensions(store)
-        troubled = troubled_rollouts(store)
+        if watch:
+            show = partial(_show_status, store, fmt, watching=True)
+            repeat(show, every, "kaylee-sync status", header=fmt != "json")
+        else:
+            _show_status(store, fmt)
+
+
+def _show_status(store: Store, fmt: str, *, watching: bool = False) -> None:
+    leader = store.leader()
+    state, malformed = read_status_checked(store)
+    suspended, bad_suspensions = read_suspensions(store)
+    troubled = troubled_rollouts(store)
     # Malformed records are reported beside what could be read, on stderr, one line each:
-    # the command still shows the rest, and exits 1 so that scripts notice.
+    # the command still shows the rest, and exits 1 so that scripts notice (a watch goes on).
     unreadable = [malformed] if malformed else []
     unreadable += [str(exc) for exc in bad_suspensions]
     for line in unreadable:
         click.echo(f"error: {line}", err=True)
+    if watching:
+        unreadable = []
     if fmt == "json":
         document = {} if state is None else json.loads(encode_status(state))
         echo_json(

@@ -19,8 +19,14 @@ from typing import Any, TypeVar
 
 import click
 
-from kaylee_sync.cli.common import etcd_options, etcd_settings_from, format_option
+from kaylee_sync.cli.common import (
+    etcd_options,
+    etcd_settings_from,
+    format_option,
+    unit_prefix_option,
+)
 from kaylee_sync.cli.gitopts import source_options, source_settings_from
+from kaylee_sync.cli.trustopts import signature_options, signature_policy_from
 from kaylee_sync.cli.values import NewFile
 from kaylee_sync.election import lead_once, make_identity
 from kaylee_sync.errors import UsageError
@@ -33,6 +39,7 @@ from kaylee_sync.plan.output_text import render_text
 from kaylee_sync.plan.prune import DEFAULT_MAX_PRUNE, DEFAULT_MAX_PRUNE_PERCENT
 from kaylee_sync.plan.summary import plan_exit_code, prune_lines
 from kaylee_sync.source import GitSource
+from kaylee_sync.source.signatures import verify_commits
 from kaylee_sync.store import Compare, Store, keys
 from kaylee_sync.sync.actual import read_actual
 from kaylee_sync.sync.apply import apply_plan
@@ -47,8 +54,9 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     return value
 
 
-def prune_options(envvar_prefix: str) -> Callable[[F], F]:
-    """The prune guard's options, for the daemon (``KAYLEE``) and ``plan`` (``KAYLEE_PLAN``).
+def prune_options() -> Callable[[F], F]:
+    """The prune guard's options, shared by the daemon, ``--once`` and ``plan`` (one fixed
+    variable each, see docs/cli.md).
 
     ``--allow-prune-all`` (and its variable) is the option's name before the guard held
     refusals; it stays as an alias so that existing units and scripts keep working.
@@ -60,6 +68,7 @@ def prune_options(envvar_prefix: str) -> Callable[[F], F]:
                 "--max-prune",
                 type=click.IntRange(min=0),
                 default=DEFAULT_MAX_PRUNE,
+                envvar="KAYLEE_MAX_PRUNE",
                 show_default=True,
                 help="Refuse a commit that deletes more than this many managed units.",
             ),
@@ -68,6 +77,7 @@ def prune_options(envvar_prefix: str) -> Callable[[F], F]:
                 type=click.FloatRange(0, 100),
                 callback=_finite,
                 default=DEFAULT_MAX_PRUNE_PERCENT,
+                envvar="KAYLEE_MAX_PRUNE_PERCENT",
                 show_default=True,
                 help="... or more than this % of them (one unit is always allowed).",
             ),
@@ -76,7 +86,7 @@ def prune_options(envvar_prefix: str) -> Callable[[F], F]:
                 "--allow-prune-all",
                 "allow_prune",
                 is_flag=True,
-                envvar=[f"{envvar_prefix}_ALLOW_PRUNE", f"{envvar_prefix}_ALLOW_PRUNE_ALL"],
+                envvar=["KAYLEE_ALLOW_PRUNE", "KAYLEE_ALLOW_PRUNE_ALL"],
                 help="Lift the prune guard: delete what Git deleted and release a refused "
                 "prune (logged).",
             ),
@@ -103,8 +113,9 @@ def _color(fmt: str) -> bool:
 
 @click.command()
 @source_options
+@signature_options
 @etcd_options
-@prune_options("KAYLEE_PLAN")
+@prune_options()
 @click.option("--ref", help="Commit, branch or tag to plan [default: the branch head].")
 @click.option("--worktree", is_flag=True, help="Plan the working tree, uncommitted files too.")
 @click.option(
@@ -121,7 +132,7 @@ def _color(fmt: str) -> bool:
 @click.option("--out", type=NewFile(),
               help="Also save the plan here, for 'kaylee-sync apply'.")  # fmt: skip
 @click.option("--no-fetch", is_flag=True, help="Do not fetch a remote first.")
-@click.option("--unit-prefix", default="k2", show_default=True, help="Prefix of fleet units.")
+@unit_prefix_option("Prefix of fleet units.")
 def plan(**params: Any) -> None:
     """Show what a sync would change: per unit, the spec diff and the fleet effect.
 
@@ -139,13 +150,24 @@ def plan(**params: Any) -> None:
     with GitSource(source_settings_from(params, params["unit_prefix"])) as source:
         if source.local_path is None and not params["no_fetch"]:
             source.fetch()
-        settings = SyncSettings(**prune_settings(params), unit_prefix=params["unit_prefix"])
+        settings = SyncSettings(
+            **prune_settings(params),
+            unit_prefix=params["unit_prefix"],
+            signatures=signature_policy_from(params),
+        )
+        if settings.signatures is not None and params["worktree"]:
+            raise UsageError("--verify-signatures cannot check uncommitted files (--worktree)")
         if params["against"]:
             result = _plan_against(source, params, settings)
         else:
             with Store(etcd_settings_from(params)) as store:
                 syncer = Syncer(source, store, settings)
-                result = syncer.plan(syncer.desired(params["ref"], worktree=params["worktree"]))
+                desired = syncer.desired(params["ref"], worktree=params["worktree"])
+                actual = read_actual(store)
+                if settings.signatures is not None:  # issue 15: as a sync would refuse it
+                    base = actual.inventory.commit if actual.inventory is not None else None
+                    verify_commits(source.git_commands(), settings.signatures, base, desired.commit)
+                result = syncer.plan(desired, actual)
     _emit(result, params)
     sys.exit(plan_exit_code(result))
 
@@ -159,6 +181,8 @@ def _plan_against(source: GitSource, params: dict[str, Any], settings: SyncSetti
         if params["worktree"]
         else source.desired(source.resolve(params["ref"]))
     )
+    if settings.signatures is not None:  # issue 15: what --against lacks must be signed
+        verify_commits(source.git_commands(), settings.signatures, base_commit, head.commit)
     return make_plan(
         head,
         actual_from_desired(base, label),
@@ -189,6 +213,7 @@ def _emit(result: Plan, params: dict[str, Any]) -> None:
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @source_options
+@signature_options
 @etcd_options
 @click.option("--no-fetch", is_flag=True, help="Do not fetch a remote first.")
 def apply(file: Path, **params: Any) -> None:
@@ -228,6 +253,12 @@ def apply(file: Path, **params: Any) -> None:
                 f"{file}: {ref or source.branch} moved from {short_commit(saved.desired.commit)} "
                 f"to {short_commit(commit)} since the plan was made; run plan again"
             )
+        policy = signature_policy_from(params)
+        if policy is not None:  # issue 15; the state_index check below covers a race
+            with Store(etcd_settings_from(params)) as store:
+                inventory = read_actual(store).inventory
+            base = inventory.commit if inventory is not None else None
+            verify_commits(source.git_commands(), policy, base, commit)
     identity = make_identity()
     with Store(etcd_settings_from(params)) as store, lead_once(store, identity, 30):
         actual = read_actual(store)

@@ -20,20 +20,8 @@ from kaylee_sync.scheduler.gated import Control
 from kaylee_sync.scheduler.health_gate import decode_control, encode_control
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.spec import parse_stored, parse_stored_policy, spec_hash6
-from kaylee_sync.spec.policy import UnitPolicy, policy_to_dict, policy_to_json
+from kaylee_sync.spec.policy import UnitPolicy, policy_to_dict
 from kaylee_sync.store import Compare, Op, Store, keys
-
-
-def write_unit(store: Store, name: str, value: str, policy: UnitPolicy) -> int:
-    """Write a unit's spec and its rollout policy together (one transaction)."""
-    ops = [Op.put(keys.unit_key(name), value)]
-    if policy.is_default:
-        ops.append(Op.delete(keys.policy_key(name)))
-    else:
-        ops.append(Op.put(keys.policy_key(name), policy_to_json(policy)))
-    store.txn([], ops)
-    written = store.get_unit(name)
-    return 0 if written is None else written.mod_revision
 
 
 def troubled_rollouts(store: Store) -> dict[str, RolloutReport]:

@@ -14,18 +14,30 @@ from typing import Any
 import click
 
 from kaylee_sync import __version__
-from kaylee_sync.cli.common import KayleeGroup, echo_json, etcd_options, format_option
+from kaylee_sync.cli.common import (
+    USAGE_EXIT,
+    KayleeGroup,
+    echo_json,
+    etcd_options,
+    format_option,
+    unit_prefix_option,
+)
 from kaylee_sync.cli.daemoncmd import daemon_options, run_daemon
+from kaylee_sync.cli.envvars import name_variables
 from kaylee_sync.cli.fleetopts import fleet_options, scheduler_options
 from kaylee_sync.cli.gitopts import source_options
+from kaylee_sync.cli.importv2 import import_v2
 from kaylee_sync.cli.lint import schema, validate
 from kaylee_sync.cli.opscmd import resume, status, suspend
 from kaylee_sync.cli.plancmd import apply, plan
+from kaylee_sync.cli.shipped import systemd_unit
+from kaylee_sync.cli.synccmd import sync
+from kaylee_sync.cli.trustopts import feedback_options, signature_options
 from kaylee_sync.render import check_renderable, render_units
 from kaylee_sync.source.localfile import load_unit_file
 from kaylee_sync.spec import spec_hash, to_json
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KAYLEE"}
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 @click.group(cls=KayleeGroup, context_settings=CONTEXT, invoke_without_command=True)
@@ -35,6 +47,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KAYLEE"
 @fleet_options
 @scheduler_options
 @daemon_options
+@signature_options
+@feedback_options
 @click.pass_context
 def cli(ctx: click.Context, /, **params: Any) -> None:
     """GitOps for CoreOS fleet: unit files in Git become fleet units.
@@ -54,8 +68,8 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
     if ctx.invoked_subcommand is not None:
         return
     if not params["repo"] and not params["dev"]:
-        click.echo(ctx.get_help())
-        ctx.exit(2)
+        click.echo(ctx.get_help(), err=True)
+        ctx.exit(USAGE_EXIT)
     if params["dev"] and not params["repo"]:
         params["repo"] = "."
     run_daemon(params)
@@ -64,9 +78,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @format_option("text", "json")
-@click.option(
-    "--unit-prefix", default="k2", show_default=True, help="Prefix of the fleet unit names."
-)
+@unit_prefix_option()
 @click.option(
     "--restart-generation",
     type=click.IntRange(min=0),
@@ -105,8 +117,20 @@ def render(file: Path, fmt: str, unit_prefix: str, restart_generation: int) -> N
         click.echo(unit["unit_file"], nl=False)
 
 
-for command in (plan, apply, validate, schema, suspend, resume, status):
+for command in (
+    plan,
+    apply,
+    validate,
+    schema,
+    suspend,
+    resume,
+    status,
+    sync,
+    systemd_unit,
+    import_v2,
+):
     cli.add_command(command)
+name_variables(cli)
 
 
 def main() -> None:

@@ -25,9 +25,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from kaylee_sync.daemon.requests import SyncRequests
 from kaylee_sync.daemon.service import Service, ServiceSettings
 from kaylee_sync.daemon.triggers import Triggers
 from kaylee_sync.errors import KayleeError
+from kaylee_sync.feedback import Feedback, FeedbackSettings
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.source import GitSource, redact
 from kaylee_sync.store import Store
@@ -55,6 +57,8 @@ class DaemonSettings(ServiceSettings):
     webhook_secret: str | None = field(default=None, repr=False)
     """Shared secret of POST /hooks/git (GitHub HMAC or GitLab token); None: endpoint off."""
     sync: SyncSettings = field(default_factory=SyncSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    """Commit statuses and notifications (issue 15); by default none."""
 
 
 class Daemon(Service):
@@ -71,6 +75,9 @@ class Daemon(Service):
         super().__init__(store, fleet, settings, identity, webhook_secret=settings.webhook_secret)
         self.settings: DaemonSettings = settings
         self.source = source
+        self.feedback = Feedback(settings.feedback)  # commit statuses, notifications
+        if self.scheduler is not None:
+            self.scheduler.feedback = self.feedback  # rollout states
         self.syncer = Syncer(
             source, store, settings.sync, identity=self.identity, is_leader=self.is_leader
         )
@@ -81,6 +88,7 @@ class Daemon(Service):
             loops=self.loops,
             stuck_after=settings.stuck_after,
         )
+        self.requests = SyncRequests(store, self.queue, self.is_leader, self.identity)
         self.last_result: SyncResult | None = None
         self._fetched = False
         #: the unexpected error the last sync or fetch ended with (None: it did not)
@@ -97,9 +105,11 @@ class Daemon(Service):
     def start_work(self) -> None:
         self.start_loop("sync", self._work, self.settings.stuck_after, leader_only=True)
         self.triggers.start()
+        self.requests.start()
 
     def stop_work(self) -> None:
         self.triggers.stop()
+        self.requests.stop()
         self.queue.close()
 
     def wake(self) -> None:
@@ -112,10 +122,15 @@ class Daemon(Service):
 
     def elected(self) -> None:
         self.last_result = None  # ready again only after this term's first sync
+        self.feedback.became_leader()
         self.queue.request("leader")
 
     def lost(self) -> None:
         pass  # the worker sees is_leader() turn false; the status follows the next sync
+
+    def _shutdown(self) -> None:
+        super()._shutdown()
+        self.feedback.close()  # after resigning: a few seconds to deliver what is queued
 
     def ready(self) -> tuple[bool, str]:
         if (problem := self.etcd_problem()) is not None:
@@ -162,6 +177,9 @@ class Daemon(Service):
         if result.deposed:
             return  # a handover, not an error; the new leader syncs
         self.last_result = result
+        self.feedback.sync_result(  # feedback (issue 15): commit status and notifications
+            result.commit, ok=result.ok, error=result.error, stage=result.stage, plan=result.plan
+        )
         if result.ok:
             plan = result.plan
             self.metrics.observe_sync(

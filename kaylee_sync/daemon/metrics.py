@@ -7,8 +7,16 @@ python_* series, registered here explicitly).
 
 Label values are closed sets, declared below and created at zero up front: a series
 that appears only after the first error cannot be graphed or alerted on with
-``rate()``, and an unbounded label (a unit name, an error message) would let one bad
-repository blow up the time-series database.
+``rate()``, and an unbounded label (an error message) would let one bad repository blow
+up the time-series database. One exception, asked for by operators:
+``kaylee_sync_unit_rollout_phase{unit}`` has one series per unit (its current phase),
+as bounded as the repository, and dropped when the unit goes.
+
+Nothing here pages at install: ``commit_lag_seconds`` is only measured for commits first
+seen while running (an old commit synced at start says nothing about how fast a push
+lands), and the ``*_created`` series prometheus_client adds to counters and histograms
+by default are turned off (they are process start times, and look like resets to
+alert rules that do not expect them).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
@@ -30,14 +39,21 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from kaylee_sync import __version__
 from kaylee_sync.supervise import Loops
 
 PREFIX = "kaylee_sync"
+#: fleet calls that write; every call may fail (FLEET_OPS)
+FLEET_WRITES = ("create_unit", "set_target_state", "destroy_unit", "clean")
+FLEET_OPS = ("read", *FLEET_WRITES)
+
+# prometheus_client's switch is process-wide; this process's only registry is ours.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
 
 #: counts of the last plan, by what it does to a unit
 UNIT_STATES = ("create", "update", "delete", "unchanged", "suspended", "invalid", "prune-refused")
 #: where an error happened
-ERROR_STAGES = ("git", "etcd", "fleet", "other")
+ERROR_STAGES = ("git", "etcd", "fleet", "signature", "other")
 #: how a sync ended: applied cleanly / applied, but some files were invalid or the prune
 #: guard refused deletions / nothing applied
 SYNC_RESULTS = ("ok", "partial", "error")
@@ -65,6 +81,9 @@ class Metrics:
         r = self.registry
         # The supervised loops (kaylee_sync.supervise) are read at scrape time.
         r.register(_LoopCollector(loops or Loops()))
+        Info(f"{PREFIX}_build", "The running kaylee-sync's version.", registry=r).info(
+            {"version": __version__}
+        )
         self.commit = Info(
             f"{PREFIX}_last_synced_commit",
             "The commit the last successful sync applied.",
@@ -78,7 +97,8 @@ class Metrics:
         )
         self.lag = Gauge(
             f"{PREFIX}_commit_lag_seconds",
-            "Seconds from the synced commit's commit time until it was applied to etcd.",
+            "Seconds from the synced commit's commit time until it was applied to etcd, for "
+            "commits first seen while running (0 until one is).",
             registry=r,
         )
         self.duration = Histogram(
@@ -114,6 +134,24 @@ class Metrics:
             f"{PREFIX}_rollouts", "Units by rollout phase.", ["phase"], registry=r
         )
         self.syncs = Counter(f"{PREFIX}_syncs", "Syncs, by result.", ["result"], registry=r)
+        self.unit_phase = Gauge(
+            f"{PREFIX}_unit_rollout_phase",
+            "1 for each unit's current rollout phase (one series per unit).",
+            ["unit", "phase"],
+            registry=r,
+        )
+        self.fleet_writes = Counter(
+            f"{PREFIX}_fleet_writes", "Writes to fleet, by operation.", ["op"], registry=r
+        )
+        self.fleet_errors = Counter(
+            f"{PREFIX}_fleet_errors", "Failed fleet calls, by operation.", ["op"], registry=r
+        )
+        for op in FLEET_WRITES:
+            self.fleet_writes.labels(op=op)
+        for op in FLEET_OPS:
+            self.fleet_errors.labels(op=op)
+        self._unit_phases: dict[str, str] = {}
+        self._first_commit: str | None = None  # the commit synced at start: not lag
         for state in UNIT_STATES:
             self.units.labels(state=state)
         for stage in ERROR_STAGES:
@@ -144,12 +182,15 @@ class Metrics:
 
         ``counts`` maps UNIT_STATES to the last plan's counts (missing states are 0,
         unknown ones are ignored); ``lag`` None leaves the lag gauge as it was (nothing
-        new was applied).
+        new was applied), and so does the first commit this process syncs: it may have
+        been pushed long before the daemon started.
         """
         self.duration.observe(duration)
         self.commit.info({"commit": commit})
         self.last_success.set(time.time() if now is None else now)
-        if lag is not None:
+        if self._first_commit is None:
+            self._first_commit = commit
+        elif lag is not None and commit != self._first_commit:
             self.lag.set(lag)
         for state in UNIT_STATES:
             self.units.labels(state=state).set(counts.get(state, 0))
@@ -183,6 +224,23 @@ class Metrics:
             self._phases.update(phases)
             for phase in self._phases:
                 self.rollouts.labels(phase=phase).set(phases.get(phase, 0))
+
+    def set_unit_phases(self, phases: Mapping[str, str]) -> None:
+        """Each unit's rollout phase, from the scheduler's last pass (unit → phase)."""
+        with self._phases_lock:
+            for unit, phase in list(self._unit_phases.items()):
+                if phases.get(unit) != phase:
+                    self.unit_phase.remove(unit, phase)
+            for unit, phase in phases.items():
+                self.unit_phase.labels(unit=unit, phase=phase).set(1)
+            self._unit_phases = dict(phases)
+
+    def fleet_call(self, op: str, *, failed: bool) -> None:
+        """Count one fleet call: a write (``op`` in FLEET_WRITES) or a failed call."""
+        if failed:
+            self.fleet_errors.labels(op=op if op in FLEET_OPS else "read").inc()
+        elif op in FLEET_WRITES:
+            self.fleet_writes.labels(op=op).inc()
 
 
 class _LoopCollector(Collector):

@@ -37,12 +37,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kaylee_sync.daemon.fleetmeter import MeteredFleet
 from kaylee_sync.daemon.http import HttpServer
 from kaylee_sync.daemon.lifecycle import Lifecycle
 from kaylee_sync.daemon.metrics import Metrics
 from kaylee_sync.daemon.notify import Notifier
 from kaylee_sync.daemon.triggers import SyncQueue
 from kaylee_sync.election import Election, ElectionSettings, make_identity
+from kaylee_sync.feedback import Feedback
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.probe import cluster_prober
 from kaylee_sync.scheduler.decide import Decision
@@ -103,6 +105,8 @@ class MeasuredScheduler(Scheduler):
     ) -> None:
         super().__init__(store, fleet, settings, is_leader=is_leader, **fencing)
         self.metrics = metrics
+        #: told of every complete pass's decisions (commit statuses, notifications)
+        self.feedback: Feedback | None = None
         self.term_passes = 0
 
     def became_leader(self) -> None:
@@ -114,6 +118,11 @@ class MeasuredScheduler(Scheduler):
         if self.is_leader():  # an abandoned pass has not looked at every unit
             phases = Counter(d.phase.value for d in decisions if d.phase != "deleted")
             self.metrics.set_rollouts(phases)
+            self.metrics.set_unit_phases(
+                {d.unit: d.phase.value for d in decisions if d.phase != "deleted"}
+            )
+            if self.feedback is not None:
+                self.feedback.rollout(decisions)
             self.term_passes += 1
         return decisions
 
@@ -151,7 +160,7 @@ class Service:
         self.scheduler: MeasuredScheduler | None = (
             MeasuredScheduler(
                 store,
-                fleet,
+                MeteredFleet(fleet, self.metrics),
                 settings.scheduler,
                 is_leader=self.is_leader,
                 metrics=self.metrics,
@@ -234,6 +243,7 @@ class Service:
             log.warning("%s: leadership lost; leader work stops", self.identity)
         self.metrics.set_leader(False)
         self.metrics.set_rollouts({})  # a standby reconciles nothing
+        self.metrics.set_unit_phases({})
         if self.scheduler is not None:
             self.scheduler.trigger()
         self.lost()

@@ -12,6 +12,9 @@ from typing import Final
 from kaylee_sync.errors import UsageError
 from kaylee_sync.unitfile import UnitOption, unit_hash
 
+#: where fleet keeps its registry in etcd (fleetd's and fleetctl's --etcd-key-prefix)
+DEFAULT_KEY_PREFIX = "/_coreos.com/fleet/"
+
 INACTIVE: Final = "inactive"
 LOADED: Final = "loaded"
 LAUNCHED: Final = "launched"

@@ -26,6 +26,7 @@ from kaylee_sync.fleet.etcd2 import (
     NotEmpty,
 )
 from kaylee_sync.fleet.model import (
+    DEFAULT_KEY_PREFIX,
     INACTIVE,
     LAUNCHED,
     LOADED,
@@ -42,7 +43,7 @@ from kaylee_sync.unitfile import UnitFileError, UnitOption, parse, serialize, un
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_PREFIX = "/_coreos.com/fleet/"
+DEFAULT_PREFIX = DEFAULT_KEY_PREFIX
 _CACHE_LIMIT = 10_000  # unit texts kept by hash; they never change, only the count grows
 _BULK_UNIT_FETCH = 4  # more missing texts than this: one recursive get of unit/
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from kaylee_sync.errors import KayleeError
 from kaylee_sync.fleet.etcd2 import Etcd2Client, Etcd2Error, EventIndexCleared
+from kaylee_sync.fleet.model import DEFAULT_KEY_PREFIX
 from kaylee_sync.fleetsim.agent import Agent, AgentSettings
 from kaylee_sync.fleetsim.apiserver import FleetApiServer
 from kaylee_sync.fleetsim.engine import Engine
@@ -29,7 +30,7 @@ from kaylee_sync.fleetsim.workload import HealthEndpoints
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "/_coreos.com/fleet/"
+DEFAULT_PREFIX = DEFAULT_KEY_PREFIX
 
 
 class _Watcher(Worker):

@@ -39,6 +39,7 @@ from kaylee_sync.plan.model import (
     Suspension,
 )
 from kaylee_sync.plan.prune import DEFAULT_LIMITS, PruneLimits, Verdict, judge
+from kaylee_sync.render import DEFAULT_UNIT_PREFIX
 from kaylee_sync.spec import parse_stored_policy
 
 # What Git would do to a unit, said of a suspended one.
@@ -57,7 +58,7 @@ def make_plan(
     *,
     now: float,
     prune: PruneLimits = DEFAULT_LIMITS,
-    unit_prefix: str = "k2",
+    unit_prefix: str = DEFAULT_UNIT_PREFIX,
     generations: Mapping[str, int] | None = None,
 ) -> Plan:
     """The plan that makes etcd follow ``desired``; ``now`` (unix seconds) ends suspensions,

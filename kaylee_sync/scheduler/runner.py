@@ -48,7 +48,7 @@ from kaylee_sync.fleet.model import LAUNCHED, LOADED, FleetUnit, UnitState
 from kaylee_sync.fleet.protocol import FleetClient
 from kaylee_sync.gcpause import collector_paused
 from kaylee_sync.health import QUIET_PHASES, Phase, RolloutReport, decode_report, encode_report
-from kaylee_sync.render import UnitName, parse_unit_name
+from kaylee_sync.render import DEFAULT_UNIT_PREFIX, UnitName, parse_unit_name
 from kaylee_sync.scheduler.decide import (
     Action,
     Create,
@@ -80,7 +80,7 @@ _UNWATCHED = 300.0
 
 @dataclass(frozen=True)
 class SchedulerSettings:
-    unit_prefix: str = "k2"
+    unit_prefix: str = DEFAULT_UNIT_PREFIX
     """Only fleet units named ``<unit_prefix>:…`` are ours (the original's ``--unit-prefix``)."""
     stable: float = 10.0
     """Seconds a new replica must stay ``running`` before an old one is retired."""

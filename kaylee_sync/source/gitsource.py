@@ -257,6 +257,11 @@ class GitSource:
                 paths.append(common / "refs" / "heads" / self.branch)
             return paths
 
+    def git_commands(self) -> GitCommands:
+        """The repository's git commands, for :mod:`.signatures` (issue 15)."""
+        with self._lock:
+            return self._commands()
+
     def close(self) -> None:
         self.cancel()
         with self._lock:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kaylee_sync.errors import UsageError
+from kaylee_sync.render import DEFAULT_UNIT_PREFIX
 from kaylee_sync.source.credentials import (
     GitCredentials,
     redact,
@@ -79,7 +80,7 @@ class SourceSettings:
     """Seconds a clone or fetch may take before it is killed. Default 120 s: a first clone
     of a large repository over a slow link, not a hung connection forever."""
 
-    unit_prefix: str = "k2"
+    unit_prefix: str = DEFAULT_UNIT_PREFIX
     """Prefix of the fleet unit names; only used to check that a unit renders (fleet's
     line limit depends on the unit names)."""
 

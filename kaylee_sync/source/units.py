@@ -22,7 +22,7 @@ from yaml.nodes import MappingNode, ScalarNode
 
 from kaylee_sync.errors import Issue, SpecError
 from kaylee_sync.plan.model import DesiredUnit, FileProblem
-from kaylee_sync.render import render_issues
+from kaylee_sync.render import DEFAULT_UNIT_PREFIX, render_issues
 from kaylee_sync.spec import load_unit_and_policy, policy_to_json, to_json
 from kaylee_sync.spec.codec import json_hash
 from kaylee_sync.spec.loader import MAX_BYTES, compose_node
@@ -82,7 +82,9 @@ class UnitParser:
     names gives two results. ``unit_prefix`` feeds the render check (fleet's line limit).
     """
 
-    def __init__(self, unit_prefix: str = "k2", max_entries: int = CACHE_ENTRIES) -> None:
+    def __init__(
+        self, unit_prefix: str = DEFAULT_UNIT_PREFIX, max_entries: int = CACHE_ENTRIES
+    ) -> None:
         self.unit_prefix = unit_prefix
         self.max_entries = max_entries
         self._cache: OrderedDict[tuple[str, str], Result] = OrderedDict()

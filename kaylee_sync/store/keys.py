@@ -13,6 +13,8 @@ Layout (relative to the prefix, default ``/kaylee2``)::
     sync/status                  JSON: last attempt / last success, per-file errors
     sync/suspended/<name>        JSON: who, when, why — git sync leaves <name> alone
     sync/prune-hold              JSON: deletions the prune guard refused, held until released
+    sync/request                 JSON: an operator's "sync now" (``kaylee-sync sync``),
+                                 acknowledged by the leader that picked it up
     restart/<name>               restart generation (a decimal integer)
     policy/<name>                JSON: the unit file's rollout: and health: sections, kept
                                  out of units/<name> (same JSON and hash as the original)
@@ -30,6 +32,7 @@ UNITS = "units/"
 MASTER = "master"
 INVENTORY = "sync/inventory"
 STATUS = "sync/status"
+SYNC_REQUEST = "sync/request"
 SUSPENDED = "sync/suspended/"
 PRUNE_HOLD = "sync/prune-hold"
 RESTART = "restart/"

@@ -74,6 +74,16 @@ def suspend(
     ``who`` and ``reason`` are required: a unit that ignores Git must say why. The unit
     need not exist yet (a unit can be suspended before Git creates it).
     """
+    op, draft = suspension_op(name, who=who, reason=reason, until=until, now=now)
+    revision = store.put(op.key, op.value)
+    log.info("suspended Git sync of %s (%s: %s)", name, draft.who, draft.reason)
+    return Suspension(draft.name, draft.who, draft.reason, draft.since, draft.until, revision)
+
+
+def suspension_op(
+    name: str, *, who: str, reason: str, until: float | None, now: float
+) -> tuple[Op, Suspension]:
+    """The write that suspends ``name``, checked (for a caller's own transaction)."""
     if not reason.strip():
         raise UsageError(f"suspending {name}: a reason is required")
     if not who.strip():
@@ -87,9 +97,7 @@ def suspend(
         except ValueError as exc:
             raise UsageError(f"suspending {name}: the {field} time {exc}") from None
     draft = Suspension(name=name, who=who.strip(), reason=reason.strip(), since=now, until=until)
-    revision = store.put(keys.suspended_key(name), encode_suspension(draft))
-    log.info("suspended Git sync of %s (%s: %s)", name, draft.who, draft.reason)
-    return Suspension(draft.name, draft.who, draft.reason, draft.since, draft.until, revision)
+    return Op.put(keys.suspended_key(name), encode_suspension(draft)), draft
 
 
 def resume(store: Store, name: str) -> Suspension | None:

@@ -29,7 +29,9 @@ from kaylee_sync.gcpause import collector_paused
 from kaylee_sync.plan.compute import make_plan, short_commit
 from kaylee_sync.plan.model import Action, ActualState, DesiredState, Plan, PruneHold
 from kaylee_sync.plan.prune import DEFAULT_MAX_PRUNE, DEFAULT_MAX_PRUNE_PERCENT, PruneLimits
+from kaylee_sync.render import DEFAULT_UNIT_PREFIX
 from kaylee_sync.source import GitSource, redact
+from kaylee_sync.source.signatures import SignaturePolicy, verify_commits
 from kaylee_sync.store import Store, keys
 from kaylee_sync.store.txn import Compare
 from kaylee_sync.sync.actual import read_actual
@@ -47,10 +49,12 @@ class SyncSettings:
     """... or more than this share of them, but at least one (None: no limit)."""
     allow_prune_all: bool = False
     """``--allow-prune``: lift the prune guard and release a refusal it holds."""
-    unit_prefix: str = "k2"
+    unit_prefix: str = DEFAULT_UNIT_PREFIX
     """Prefix of fleet unit names, for the plan's fleet-level effects."""
     batch: int = 64
     """Operations per etcd transaction (etcd allows 128 including compares)."""
+    signatures: SignaturePolicy | None = None
+    """Deploy only commits signed by allowed keys (issue 15); None: no check."""
 
     @property
     def prune(self) -> PruneLimits:
@@ -143,6 +147,11 @@ class Syncer:
             desired = self.source.desired(commit)
             stage = "etcd"
             actual = read_actual(self.store)
+            if self.settings.signatures is not None:  # issue 15: refuse before planning
+                stage = "signature"
+                base = actual.inventory.commit if actual.inventory is not None else None
+                verify_commits(self.source.git_commands(), self.settings.signatures, base, commit)
+                stage = "etcd"
             plan = self.plan(desired, actual)
             self._log_plan(plan, actual.prune_hold)
             if not self.is_leader():
