@@ -50,7 +50,6 @@ EXTRA_VARIABLES = {
     "KAYLEE_INDEX": "kaylee_sync/spec/policy.py",
     # how many random rollouts the gated-rollout trial plays (reliability.md)
     "KAYLEE_GATED_TRIALS": "tests/test_scheduler_gated.py",
-    "KAYLEE_FAULT_TRIALS": "tests/test_supervised_loops.py",  # reliability.md, loops
 }
 
 
