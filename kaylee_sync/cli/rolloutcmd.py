@@ -171,40 +171,20 @@ def _request(ctx: click.Context, name: str, change: str) -> None:
         click.echo(f"rollout of {name} {'paused' if change == 'pause' else 'resumed'}")
 
 
-@rollout.command()
-@click.argument("name")
-@click.pass_context
-def promote(ctx: click.Context, name: str) -> None:
-    """Promote the canaries of unit NAME's current spec: the rollout goes on.
+def _request_command(change: str, summary: str) -> click.Command:
+    """``kaylee rollout <change> NAME``: one operator request, written to rollout/<name>."""
 
-    \b
-    Example:
-      kaylee rollout promote web
-    """
-    _request(ctx, name, "promote")
+    @click.pass_context
+    def command(ctx: click.Context, name: str) -> None:
+        _request(ctx, name, change)
+
+    command.__doc__ = f"{summary}\n\n\b\nExample:\n  kaylee rollout {change} web\n"
+    return click.argument("name")(click.command(name=change)(command))
 
 
-@rollout.command()
-@click.argument("name")
-@click.pass_context
-def pause(ctx: click.Context, name: str) -> None:
-    """Pause the rollout of unit NAME: no instance starts or retires until resumed.
-
-    \b
-    Example:
-      kaylee rollout pause web
-    """
-    _request(ctx, name, "pause")
-
-
-@rollout.command()
-@click.argument("name")
-@click.pass_context
-def resume(ctx: click.Context, name: str) -> None:
-    """Resume a paused rollout of unit NAME.
-
-    \b
-    Example:
-      kaylee rollout resume web
-    """
-    _request(ctx, name, "resume")
+for _change, _summary in (
+    ("promote", "Promote the canaries of unit NAME's current spec: the rollout goes on."),
+    ("pause", "Pause the rollout of unit NAME: no instance starts or retires until resumed."),
+    ("resume", "Resume a paused rollout of unit NAME."),
+):
+    rollout.add_command(_request_command(_change, _summary))
