@@ -15,6 +15,7 @@ from bench import (
     failover,
     fleet_submit,
     handover_under_load,
+    health_check,
     repo_sync,
     rolling_update,
     scheduler_idle,
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "fleet_submit": (fleet_submit.configure, fleet_submit.run),
     "rolling_update": (rolling_update.configure, rolling_update.run),
     "daemon_rss": (daemon_rss.configure, daemon_rss.run),
+    "health_check": (health_check.configure, health_check.run),
     "slow_clients": (slow_clients.configure, slow_clients.run),
     "signature_check": (signature_check.configure, signature_check.run),
 }

@@ -45,6 +45,11 @@ EXTRA_VARIABLES = {
     "KAYLEE_GIT_TOKEN": "kaylee_sync/cli/gitopts.py",  # an HTTPS token, instead of a file
     "KAYLEE_WEBHOOK_SECRET": "kaylee_sync/cli/daemoncmd.py",  # the webhook secret, ditto
     "KAYLEE_ID": "kaylee_sync/render.py",  # set inside every container, not read by us
+    # variables of health-check templates (unit-file.md), not of the environment
+    "KAYLEE_UNIT": "kaylee_sync/spec/policy.py",
+    "KAYLEE_INDEX": "kaylee_sync/spec/policy.py",
+    # how many random rollouts the gated-rollout trial plays (reliability.md)
+    "KAYLEE_GATED_TRIALS": "tests/test_scheduler_gated.py",
 }
 
 

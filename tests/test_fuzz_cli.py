@@ -180,6 +180,10 @@ def baseline(world: World, cmd: Command) -> tuple[list[str], dict[str, str]]:
         "kaylee restart": (["web"], {}),
         "kaylee rm": (["nosuch"], {}),
         "kaylee server": ([], fleet),
+        "kaylee rollout status": (["web"], {}),
+        "kaylee rollout promote": (["web"], {}),
+        "kaylee rollout pause": (["web"], {}),
+        "kaylee rollout resume": (["web"], {}),
     }
     if label not in table:
         pytest.fail(f"{label} is a new command: give it a baseline invocation here")

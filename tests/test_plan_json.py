@@ -83,6 +83,7 @@ def test_the_document_has_the_documented_top_level_fields() -> None:
         "unchanged": 0,
         "suspended": 0,
         "invalid": 1,
+        "policy": 0,
         "prune-refused": 0,
     }
     assert doc["units"]["web"]["value"] == to_json(dataclasses.replace(WEB, replicas=5))

@@ -136,6 +136,8 @@ def assess(target: Target, look: Look) -> Status:
     text = f"{name}: {new_running}/{want} new {noun} running"
     if tally is not None and tally.old:
         text += f", {tally.old} old left"
+    if report is not None and report.healthy:
+        text += f", {report.healthy} healthy"  # a unit with health checks
     text += f" · {report.phase.value if report is not None else 'waiting for the scheduler'}"
     if look.leader is None:
         text += " · no leader"

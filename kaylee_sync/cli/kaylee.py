@@ -36,14 +36,15 @@ from kaylee_sync.cli.fleetopts import (
     verbose_option,
 )
 from kaylee_sync.cli.follow import FollowSettings, Target, display_for, follow
+from kaylee_sync.cli.rolloutcmd import rollout
 from kaylee_sync.cli.values import Seconds
 from kaylee_sync.cli.watching import repeat, watch_option
 from kaylee_sync.errors import KayleeError, NotFoundError, UsageError
 from kaylee_sync.render import check_renderable
 from kaylee_sync.server import SERVER_LISTEN, SchedulerServer
 from kaylee_sync.settings import EtcdSettings
-from kaylee_sync.source.localfile import load_unit_file
-from kaylee_sync.spec import spec_hash, to_json
+from kaylee_sync.source.localfile import load_unit_file_and_policy
+from kaylee_sync.spec import policy_to_json, spec_hash, to_json
 from kaylee_sync.store import Store
 from kaylee_sync.sync.takeover import Override, Written, remove_unit, run_unit
 
@@ -68,6 +69,7 @@ def cli(ctx: click.Context, /, **params: Any) -> None:
       kaylee ls                      list units
       kaylee restart countly         roll every instance of a unit
       kaylee rm countly              destroy a unit
+      kaylee rollout status countly  a health-gated rollout: canaries, health, revert
     """
     ctx.obj = etcd_settings_from(params)
 
@@ -112,10 +114,12 @@ def run(ctx: click.Context, /, file: Path, **params: Any) -> None:
       kaylee run web.yaml --override --reason "hotfix for INC-123"
     """
     override = _override(params)
-    spec = check_renderable(load_unit_file(file), str(file))
+    spec, policy = load_unit_file_and_policy(file)
+    spec = check_renderable(spec, str(file))
     value = to_json(spec)
     with _store(ctx) as store:
-        written = run_unit(store, spec.name, value, override, now=time.time())
+        stored_policy = "" if policy.is_default else policy_to_json(policy)
+        written = run_unit(store, spec.name, value, override, now=time.time(), policy=stored_policy)
         generation = store.restart_generation(spec.name)
         click.echo(
             f"unit {spec.name} written (spec hash {spec_hash(spec, generation)[:6]}, "
@@ -297,6 +301,7 @@ def server(ctx: click.Context, /, listen: str, **params: Any) -> None:
             fleet.close()
 
 
+cli.add_command(rollout)
 name_variables(cli)
 
 

@@ -58,7 +58,9 @@ def collect(store: Store, fleet: FleetClient | None, unit_prefix: str) -> dict[s
         try:
             report = decode_report(stored.value, stored.key)
         except StoreError as exc:
-            rollouts[name] = {"error": str(exc)}  # shown for that unit, never fatal
+            # shown for that unit, never fatal; not "error", which every report has (the
+            # scheduler's last fleet error, usually "")
+            rollouts[name] = {"unreadable": str(exc)}
             continue
         rollouts[name] = report.as_dict()
 
@@ -133,8 +135,8 @@ def print_table(listing: dict[str, Any]) -> None:
             lead = first if i == 0 else ("", "", "")
             lines.append((*lead, unit["name"], unit["machine"][:12], unit["state"]))
         rollout = row.get("rollout") or {}
-        if "error" in rollout:
-            progress = f"rollout report unreadable: {rollout['error']}"
+        if "unreadable" in rollout:
+            progress = f"rollout report unreadable: {rollout['unreadable']}"
         else:
             progress = f"{rollout['phase']}: {rollout['message']}" if rollout.get("message") else ""
         notes = [

@@ -24,6 +24,7 @@ from kaylee_sync.cli.common import (
     format_option,
     printable,
 )
+from kaylee_sync.cli.rolloutcmd import troubled_rollouts
 from kaylee_sync.cli.values import Duration
 from kaylee_sync.cli.watching import repeat, watch_option
 from kaylee_sync.errors import UsageError
@@ -109,6 +110,7 @@ def _show_status(store: Store, fmt: str, *, watching: bool = False) -> None:
     leader = store.leader()
     state, malformed = read_status_checked(store)
     suspended, bad_suspensions = read_suspensions(store)
+    troubled = troubled_rollouts(store)
     # Malformed records are reported beside what could be read, on stderr, one line each:
     # the command still shows the rest, and exits 1 so that scripts notice (a watch goes on).
     unreadable = [malformed] if malformed else []
@@ -124,6 +126,7 @@ def _show_status(store: Store, fmt: str, *, watching: bool = False) -> None:
                 **document,
                 "leader": leader,
                 "suspended": {n: json.loads(encode_suspension(s)) for n, s in suspended.items()},
+                "rollouts": {n: r.as_dict() for n, r in troubled.items()},
             }
         )
         _exit_if(unreadable)
@@ -164,6 +167,8 @@ def _show_status(store: Store, fmt: str, *, watching: bool = False) -> None:
     for name, held in sorted(suspended.items()):
         ends = f" until {format_time(held.until)}" if held.until is not None else ""
         click.echo(f"suspended:     {name}{ends} by {held.who}: {held.reason}")
+    for name, report in sorted(troubled.items()):
+        click.echo(f"{report.phase.value + ':':<15}{name}: {report.message}")
     _exit_if(unreadable)
 
 

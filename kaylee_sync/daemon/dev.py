@@ -29,6 +29,13 @@ from kaylee_sync.fleetsim.cluster import DEFAULT_PREFIX, SimulatedCluster
 
 log = logging.getLogger(__name__)
 
+#: where the simulated machines serve their instances' health (sample-repo's storefront
+#: asks here); a fixed port, because the check URL is written in a unit file
+HEALTH_PORT = 9480
+#: images whose tag says how the simulated container behaves: a newcomer edits a tag to
+#: watch a canary fail its health check and be reverted, or never start at all
+BEHAVIOURS = {"*:bad": "unhealthy", "*:broken": "never_start"}
+
 MACHINES = (
     ("web-1", {"role": "web", "ssd": "false"}),
     ("web-2", {"role": "web", "ssd": "false"}),
@@ -62,8 +69,11 @@ def _port_free(port: int) -> bool:
 class DevEnvironment:
     """Embedded etcd + simulated fleet. A context manager."""
 
-    def __init__(self, root: Path | None = None, *, start_delay: float = 1.0) -> None:
+    def __init__(
+        self, root: Path | None = None, *, start_delay: float = 1.0, health_port: int = HEALTH_PORT
+    ) -> None:
         self.root = root or default_dev_dir()
+        self.health_port = health_port
         self.start_delay = start_delay
         self.etcd: EmbeddedEtcd | None = None
         self.cluster: SimulatedCluster | None = None
@@ -109,6 +119,9 @@ class DevEnvironment:
             engine_interval=1.0,
             agent_interval=1.0,
             default_start_delay=self.start_delay,
+            behaviours=BEHAVIOURS,
+            serve_health=True,
+            health_port=self.health_port,
         ).start()
         return self
 
@@ -131,6 +144,9 @@ class DevEnvironment:
                 f"{n} ({','.join(f'{k}={v}' for k, v in md.items())})" for n, md in MACHINES
             ),
             f"  repository     {repo_args}",
+            f"  health         each machine serves its instances' health on "
+            f"127.0.0.N:{self.health_port}/health/<KAYLEE_ID>; image tags ending ':bad' fail "
+            "it, ':broken' never start",
         ]
         if listen and listen.endswith(":0"):
             # The port is chosen when the daemon binds; it logs the address then.

@@ -46,6 +46,7 @@ from kaylee_sync.daemon.triggers import SyncQueue
 from kaylee_sync.election import Election, ElectionSettings, make_identity
 from kaylee_sync.feedback import Feedback
 from kaylee_sync.fleet.protocol import FleetClient
+from kaylee_sync.probe import cluster_prober
 from kaylee_sync.scheduler.decide import Decision
 from kaylee_sync.scheduler.runner import Scheduler, SchedulerSettings
 from kaylee_sync.store import Store
@@ -153,6 +154,9 @@ class Service:
         self.notifier = Notifier()
         self.election = Election(store, self.identity, settings.election, self._elected, self._lost)
         self.election.heartbeat = self.loops.add("election", settings.stuck_after)
+        # The leader's health checker (units with a health: section), on its own loop.
+        schedules = fleet is not None and settings.schedule
+        self.prober = cluster_prober(store, store.settings) if schedules else None
         self.scheduler: MeasuredScheduler | None = (
             MeasuredScheduler(
                 store,
@@ -162,6 +166,7 @@ class Service:
                 metrics=self.metrics,
                 should_stop=self.should_exit.is_set,
                 identity=self.identity,
+                prober=self.prober,
             )
             if fleet is not None and settings.schedule
             else None
@@ -315,7 +320,8 @@ class Service:
             log.info("HTTP listener on %s (/healthz /readyz /metrics)", self.http.url)
         self.election.start()
         scheduler = self.scheduler
-        if scheduler is not None:
+        if scheduler is not None and self.prober is not None:
+            self.prober.start()
             watch = self.loops.add("scheduler-watch", self.settings.stuck_after)
             self.start_loop(
                 "scheduler",
@@ -337,6 +343,8 @@ class Service:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("%s did not stop in time; resigning anyway", thread.name)
+        if self.prober is not None:
+            self.prober.stop()
         self.election.resign()
         self.metrics.set_leader(False)
         if self.http is not None:

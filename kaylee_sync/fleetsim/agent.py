@@ -12,6 +12,7 @@ etcd's TTLs do the rest.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from kaylee_sync.fleetsim.registry import JobRecord, SimRegistry, machine_object
 from kaylee_sync.fleetsim.scheduling import INACTIVE, LAUNCHED, Machine, desired_units
 from kaylee_sync.fleetsim.systemd import Behaviour, SimUnit, behaviour_for
 from kaylee_sync.fleetsim.worker import Worker
+from kaylee_sync.render import kaylee_id
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ class AgentSettings:
     default_start_delay: float = 0.0  # seconds a unit spends activating before running
     behaviours: Mapping[str, Behaviour] = field(default_factory=dict)  # glob -> behaviour
     unit_dir: Path | None = None  # if set, unit files are written to <unit_dir>/<id>/<name>
+    # unit-name glob -> presence key template (${KAYLEE_ID}), written in etcd v2 while
+    # the instance is healthy: the sidekick of the original's sample unit
+    presence: Mapping[str, str] = field(default_factory=dict)
 
 
 def _refresh_period(ttl: float) -> float:
@@ -67,11 +72,21 @@ class Agent(Worker):
         self._lock = threading.Lock()
         self._machine_due = 0.0
         self._refresh_due = 0.0
+        self._ids: dict[str, str] = {}  # KAYLEE_ID -> unit name
+        self._present: dict[str, str] = {}  # unit name -> presence key written
 
     def units(self) -> dict[str, tuple[str, str, str]]:
         """name -> (load, active, sub) of what this agent has loaded, for tests."""
         with self._lock:
             return {n: u.state for n, u in self._units.items()}
+
+    def health_of(self, instance_id: str) -> bool | None:
+        """For the health endpoint: is the instance with this KAYLEE_ID healthy here?"""
+        with self._lock:
+            unit = self._units.get(self._ids.get(instance_id, ""))
+            if unit is None or unit.running_at is None:
+                return None
+            return unit.healthy(time.monotonic())
 
     def unit_files(self) -> dict[str, str]:
         """name -> the unit text this agent loaded (fleet's stored ``Raw``)."""
@@ -95,6 +110,7 @@ class Agent(Worker):
             if refresh:
                 self._refresh_due = now + _refresh_period(self.settings.state_ttl)
             self._publish(refresh)
+            self._publish_presence(now, refresh)
             dues = [u.due for u in self._units.values() if u.due is not None]
         return min(dues) - time.monotonic() if dues else None
 
@@ -141,6 +157,7 @@ class Agent(Worker):
             name, record.job.unit_hash, record.raw, behaviour, self.settings.default_start_delay
         )
         self._units[name] = unit
+        self._ids[kaylee_id(name)] = name
         if self.settings.unit_dir is not None:
             path = self.settings.unit_dir / self.machine_id / name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +169,7 @@ class Agent(Worker):
             self._clear_heartbeat(unit.name)
         unit.stop()
         del self._units[unit.name]
+        self._ids.pop(kaylee_id(unit.name), None)
         if self.settings.unit_dir is not None:
             (self.settings.unit_dir / self.machine_id / unit.name).unlink(missing_ok=True)
 
@@ -181,6 +199,26 @@ class Agent(Worker):
         for name in [n for n in self._published if n not in self._units]:
             self._remove_state(name, self._published.pop(name))
 
+    def _publish_presence(self, now: float, refresh: bool) -> None:
+        """Write (or refresh) the presence key of each healthy instance; drop the others'."""
+        client, ttl = self.registry.client, self.settings.state_ttl
+        for name, unit in self._units.items():
+            template = next(
+                (t for g, t in self.settings.presence.items() if fnmatch.fnmatchcase(name, g)), ""
+            )
+            if not template or unit.behaviour.no_presence or not unit.healthy(now):
+                continue
+            key = template.replace("${KAYLEE_ID}", kaylee_id(name))
+            if refresh or self._present.get(name) != key:
+                client.set(key, self.public_ip or self.machine_id, ttl=ttl)
+                self._present[name] = key
+        for name, key in list(self._present.items()):
+            held = self._units.get(name)
+            if held is None or not held.healthy(now):
+                with contextlib.suppress(KeyNotFound):
+                    client.delete(key)
+                del self._present[name]
+
     def _remove_state(self, name: str, last: str) -> None:
         client = self.registry.client
         client.delete(self.registry.key("states", name, self.machine_id))
@@ -198,4 +236,5 @@ class Agent(Worker):
             for unit in list(self._units.values()):
                 self._unload(unit)
             self._publish(refresh=False)
+            self._publish_presence(time.monotonic(), refresh=False)
         self.registry.client.delete(self.registry.key("machines", self.machine_id, "object"))

@@ -26,6 +26,7 @@ from kaylee_sync.fleetsim.engine import Engine
 from kaylee_sync.fleetsim.registry import SimRegistry
 from kaylee_sync.fleetsim.systemd import Behaviour
 from kaylee_sync.fleetsim.worker import Worker
+from kaylee_sync.fleetsim.workload import HealthEndpoints
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,10 @@ class SimulatedCluster:
 
     ``machines`` entries may hold ``metadata`` (dict), ``id`` (32 hex digits) and
     ``public_ip``. ``behaviours`` maps a glob (unit name or image) to a
-    :class:`Behaviour` or its text form (``"never_start"``, ``"crash_after=2"``).
+    :class:`Behaviour` or its text form (``"never_start"``, ``"crash_after=2"``,
+    ``"unhealthy"``, ``"no_presence"``, ``"healthy_for=5"``). ``serve_health`` serves each
+    instance's health over HTTP (``health.port``, fleetsim/workload.py); ``presence`` maps
+    a unit-name glob to a presence key template that healthy instances write (etcd v2).
     """
 
     def __init__(
@@ -83,6 +87,9 @@ class SimulatedCluster:
         state_ttl: int = 30,
         machine_ttl: int = 30,
         unit_dir: Path | None = None,
+        serve_health: bool = False,
+        presence: Mapping[str, str] | None = None,
+        health_port: int = 0,
     ) -> None:
         self.endpoint = etcd_endpoint
         self.prefix = "/" + prefix.strip("/") + "/"
@@ -97,7 +104,11 @@ class SimulatedCluster:
             default_start_delay=default_start_delay,
             behaviours=table,
             unit_dir=unit_dir,
+            presence=dict(presence or {}),
         )
+        # With serve_health, machines get loopback addresses (127.0.0.2, .3, …) and each
+        # serves its instances' health there, so ${MACHINE_IP} in a check URL works.
+        self.health = HealthEndpoints(health_port) if serve_health else None
         self.engine_interval = engine_interval
         self.agents: dict[str, Agent] = {}
         self.engine: Engine | None = None
@@ -126,10 +137,15 @@ class SimulatedCluster:
         if len(machine_id) != 32 or any(c not in "0123456789abcdef" for c in machine_id):
             raise KayleeError(f"machine id {machine_id!r} is not 32 lowercase hex digits")
         self._ip_counter += 1
-        ip = str(spec.get("public_ip", f"10.0.0.{self._ip_counter}"))
+        default_ip = (
+            f"127.0.0.{self._ip_counter + 1}" if self.health else f"10.0.0.{self._ip_counter}"
+        )
+        ip = str(spec.get("public_ip", default_ip))
         agent = Agent(
             self._shared, self.prefix, machine_id, spec.get("metadata") or {}, self.settings, ip
         )
+        if self.health is not None:
+            self.health.serve(ip, agent.health_of)
         with self._lock:
             self.agents[machine_id] = agent
         return agent
@@ -159,6 +175,8 @@ class SimulatedCluster:
         for server in self._servers:
             server.stop()
         self._servers.clear()
+        if self.health is not None:
+            self.health.stop()
         for client in self._clients:
             client.close()
         self._started = False
@@ -206,6 +224,8 @@ class SimulatedCluster:
             agent = self.agents.pop(machine_id)
         agent.clean_stop = clean
         agent.stop()
+        if self.health is not None:
+            self.health.withdraw(agent.public_ip)
         self.wake()
 
     # -- helpers for tests -----------------------------------------------------------

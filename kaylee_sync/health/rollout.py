@@ -42,6 +42,11 @@ class Phase(StrEnum):
     DELETING = "deleting"  # the spec is gone; its fleet units are being destroyed
     DELETED = "deleted"  # nothing left (never stored: the report is removed)
     WAITING = "waiting"  # the scheduler holds back (e.g. fleet's states are not fresh yet)
+    # Health-gated rollouts (a unit with a rollout: or health: section):
+    CANARY = "canary"  # canaries run beside the old instances, until healthy and promoted
+    PAUSED = "paused"  # an operator paused the rollout (kaylee rollout pause)
+    REVERTING = "reverting"  # a deadline was missed: back to the last healthy spec
+    REVERTED = "reverted"  # the last healthy spec runs again; the failed hash is pinned
 
     @property
     def quiet(self) -> bool:
@@ -49,7 +54,7 @@ class Phase(StrEnum):
         return self in QUIET_PHASES
 
 
-QUIET_PHASES = frozenset({Phase.STEADY, Phase.FAILED, Phase.DELETED})
+QUIET_PHASES = frozenset({Phase.STEADY, Phase.FAILED, Phase.DELETED, Phase.REVERTED, Phase.PAUSED})
 _PHASES = {p.value: p for p in Phase}
 
 
@@ -67,6 +72,12 @@ class RolloutReport:
     created: Mapping[str, float] = field(default_factory=dict)
     """Pending fleet units → when they were created (unix time), carried across failovers."""
     updated: float | None = None  # unix time of the write; not part of the content
+    # Health-gated rollouts: kept here so that a new leader knows them (issue 13).
+    healthy: int = 0  # instances of this spec healthy (running and passing their checks)
+    started: float | None = None  # unix time the rollout of hash6 began (progressDeadline)
+    promoted: bool = False  # the canaries of hash6 were promoted (automatically or by hand)
+    stable_spec: str = ""  # the last healthy spec's JSON: what a revert brings back
+    stable_generation: int = 0  # and its restart generation (part of its hash)
 
     def same_content(self, other: RolloutReport | None) -> bool:
         """Equal but for ``updated``: the scheduler rewrites a report only when this is False."""
@@ -86,6 +97,16 @@ class RolloutReport:
         }
         if self.updated is not None:
             doc["updated"] = self.updated
+        # Written only when set, so that reports of units without a policy stay as they were.
+        for name, value in (
+            ("healthy", self.healthy),
+            ("started", self.started),
+            ("promoted", self.promoted),
+            ("stable_spec", self.stable_spec),
+            ("stable_generation", self.stable_generation),
+        ):
+            if value:
+                doc[name] = value
         return doc
 
     def is_about(self, is_identity: Callable[[str], bool], desired: int) -> bool:
@@ -123,7 +144,19 @@ def decode_report(value: bytes | str, key: str) -> RolloutReport:
         error=_text(doc, "error", key),
         created={str(n): _time(t, f"{key}: created.{n}") for n, t in created.items()},
         updated=_time(doc["updated"], f"{key}: updated") if "updated" in doc else None,
+        healthy=_count(doc, "healthy", key),
+        started=_time(doc["started"], f"{key}: started") if doc.get("started") else None,
+        promoted=_flag(doc, "promoted", key),
+        stable_spec=_text(doc, "stable_spec", key),
+        stable_generation=_count(doc, "stable_generation", key),
     )
+
+
+def _flag(doc: Mapping[str, Any], name: str, key: str) -> bool:
+    value = doc.get(name, False)
+    if not isinstance(value, bool):
+        raise StoreError(f"{key}: {name}: expected true or false, got {_show(value)}")
+    return value
 
 
 def _show(value: object) -> str:
@@ -200,7 +233,9 @@ def judge(
     """
     if report is None or not report.is_about(is_identity, desired):
         return Judgement(Verdict.PENDING, "waiting for the scheduler")
-    if report.phase is Phase.FAILED and is_identity(report.failed_hash or report.hash6):
+    if report.phase in (Phase.FAILED, Phase.REVERTING, Phase.REVERTED) and is_identity(
+        report.failed_hash or report.hash6
+    ):
         return Judgement(Verdict.FAILED, report.message or f"rollout of {report.hash6} failed")
     fleet_agrees = fleet is None or (
         fleet.new_total == fleet.new_running == desired and not fleet.old

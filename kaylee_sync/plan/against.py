@@ -26,5 +26,5 @@ def actual_from_desired(base: DesiredState, label: str) -> ActualState:
         commit=base.commit,
         units={n: InventoryEntry(u.path, u.blob) for n, u in base.units.items()},
     )
-    units = {n: ActualUnit(n, u.value, 0) for n, u in base.units.items()}
+    units = {n: ActualUnit(n, u.value, 0, u.policy) for n, u in base.units.items()}
     return ActualState(units=units, inventory=inventory, source=label)

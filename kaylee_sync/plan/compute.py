@@ -19,17 +19,20 @@ the tests agree by construction:
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from kaylee_sync.errors import SpecError
 from kaylee_sync.plan.diffs import unified_diff
 from kaylee_sync.plan.effect import create_effect, delete_effect, update_effect
 from kaylee_sync.plan.model import (
     Action,
     ActualState,
+    ActualUnit,
     DesiredState,
     DesiredUnit,
     FileProblem,
+    FleetEffect,
     InventoryEntry,
     Plan,
     PlanEntry,
@@ -37,6 +40,7 @@ from kaylee_sync.plan.model import (
 )
 from kaylee_sync.plan.prune import DEFAULT_LIMITS, PruneLimits, Verdict, judge
 from kaylee_sync.render import DEFAULT_UNIT_PREFIX
+from kaylee_sync.spec import parse_stored_policy
 
 # What Git would do to a unit, said of a suspended one.
 _GIT_WOULD = {
@@ -44,6 +48,7 @@ _GIT_WOULD = {
     Action.UPDATE: "Git would update it",
     Action.DELETE: "Git would delete it",
     Action.UNCHANGED: "Git agrees with it",
+    Action.POLICY: "Git would change its rollout policy",
 }
 
 
@@ -194,11 +199,22 @@ class _Planner:
         if current is None:
             action, reason = Action.CREATE, self._create_reason(unit)
             effect = create_effect(unit.spec, self.prefix, generation)
+        elif current.value == unit.value and current.policy != unit.policy:
+            action, reason = Action.POLICY, _policy_reason(current.policy, unit.policy)
+            effect = FleetEffect("none: only the rollout policy changes, no instance restarts")
         elif current.value == unit.value:
             action, reason = Action.UNCHANGED, "unchanged"
         else:
             action, reason = Action.UPDATE, self._update_reason(unit)
-            effect = update_effect(current.value, unit.spec, name, self.prefix, generation)
+            if current.reverted:
+                reason += (
+                    f"; last rollout of {current.reverted} failed health and was reverted; "
+                    "this change retries it"
+                )
+            effect = _gated(
+                update_effect(current.value, unit.spec, name, self.prefix, generation),
+                unit.policy,
+            )
         old = current.value if current else None
         entry = PlanEntry(
             name=name,
@@ -208,10 +224,24 @@ class _Planner:
             old_value=old,
             new_value=unit.value,
             mod_revision=current.mod_revision if current else 0,
-            diff=self._diff(name, old, unit.value, unit.path),
+            diff=self._policy_diff(name, current, unit)
+            if action == Action.POLICY and current is not None
+            else self._diff(name, old, unit.value, unit.path),
             effect=effect,
+            old_policy=current.policy if current else "",
+            new_policy=unit.policy,
+            policy_revision=current.policy_revision if current else 0,
         )
         return self._suspended(name, action, entry) if name in self.suspended else entry
+
+    def _policy_diff(self, name: str, current: ActualUnit, unit: DesiredUnit) -> str:
+        old_label = f"{self.actual.source} policy/{name}"
+        return unified_diff(
+            current.policy or None,
+            unit.policy or None,
+            old_label,
+            f"{unit.path} @ {self.commit} (rollout: and health:)",
+        )
 
     def _create_reason(self, unit: DesiredUnit) -> str:
         inv = self.inventory.get(unit.name)
@@ -283,6 +313,8 @@ class _Planner:
             mod_revision=current.mod_revision,
             diff=self._diff(name, current.value, None, inv.path, " (removed)"),
             effect=delete_effect(current.value, name, self.prefix, self.generations.get(name, 0)),
+            old_policy=current.policy,
+            policy_revision=current.policy_revision,
         )
         if name in self.suspended:
             return self._suspended(name, Action.DELETE, entry)
@@ -299,3 +331,26 @@ class _Planner:
                 effect=None,
             )
         return entry
+
+
+def _policy_reason(old: str, new: str) -> str:
+    if not old:
+        return "rollout policy added (rollout:/health:); nothing restarts"
+    if not new:
+        return "rollout policy removed (rollout:/health:); nothing restarts"
+    return "rollout policy changed (rollout:/health:); nothing restarts"
+
+
+def _gated(effect: FleetEffect, policy_json: str) -> FleetEffect:
+    """A replacement as the unit's rollout policy will run it (not "one at a time")."""
+    if not policy_json or not effect.summary.endswith(", one at a time"):
+        return effect
+    try:
+        rollout = parse_stored_policy(policy_json, "policy").rollout
+    except SpecError:
+        return effect
+    how = f"{rollout.max_parallel} at a time" if rollout.max_parallel > 1 else "one at a time"
+    if rollout.canary:
+        how = f"after {rollout.canary} {'canary' if rollout.canary == 1 else 'canaries'}, {how}"
+    summary = effect.summary.removesuffix("one at a time") + how + ", health-gated"
+    return replace(effect, summary=summary)

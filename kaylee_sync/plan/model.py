@@ -25,6 +25,7 @@ class DesiredUnit:
     blob: str  # the git blob id (hex); for --worktree files "worktree:<sha1 of content>"
     spec: UnitSpec
     value: str  # the canonical JSON stored in etcd (kaylee_sync.spec.to_json(spec))
+    policy: str = ""  # the rollout policy's stored JSON (policy/<name>); "" = the default
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class ActualUnit:
     name: str
     value: str
     mod_revision: int  # 0 when the state did not come from etcd (plan --against)
+    policy: str = ""  # policy/<name> ("" = none: the default policy)
+    policy_revision: int = 0  # its mod revision; 0 = absent
+    reverted: str = ""  # "<name>@<hash6>" when its last rollout failed and was reverted
 
 
 @dataclass(frozen=True)
@@ -134,10 +138,11 @@ class Action(StrEnum):
     UNCHANGED = "unchanged"
     SUSPENDED = "suspended"  # Git differs (or not) but the unit is suspended: left alone
     INVALID = "invalid"  # the unit's file is invalid: its etcd entry is left as it is
+    POLICY = "policy"  # only the rollout policy changes (policy/<name>): nothing restarts
     PRUNE_REFUSED = "prune-refused"  # would be deleted, but a prune guard refused
 
 
-CHANGES = frozenset({Action.CREATE, Action.UPDATE, Action.DELETE})
+CHANGES = frozenset({Action.CREATE, Action.UPDATE, Action.DELETE, Action.POLICY})
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,16 @@ class PlanEntry:
     diff: str  # unified diff of old vs new JSON, pretty-printed; "" when none
     effect: FleetEffect | None
     issues: tuple[Issue, ...] = ()  # for INVALID
+    # The rollout policy (policy/<name>), written with the spec in the same transaction.
+    old_policy: str = ""  # in etcd now ("" = none)
+    new_policy: str = ""  # what the commit wants ("" = none)
+    policy_revision: int = 0  # of policy/<name> when read; 0 = absent (the apply guard)
+
+    @property
+    def policy_changes(self) -> bool:
+        return self.action in (Action.CREATE, Action.UPDATE, Action.POLICY, Action.DELETE) and (
+            self.old_policy != self.new_policy
+        )
 
 
 @dataclass(frozen=True)

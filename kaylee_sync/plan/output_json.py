@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kaylee_sync.errors import Issue, UsageError
+from kaylee_sync.errors import Issue, SpecError, UsageError
 from kaylee_sync.plan.model import (
     Action,
     DesiredState,
@@ -29,7 +29,7 @@ from kaylee_sync.plan.model import (
 )
 from kaylee_sync.plan.prune import hold_from_doc, hold_to_doc
 from kaylee_sync.plan.summary import counts
-from kaylee_sync.spec import parse_stored
+from kaylee_sync.spec import parse_stored, parse_stored_policy
 
 VERSION = 1
 
@@ -50,7 +50,9 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "summary": counts(plan),
         "entries": [_entry(e) for e in plan.entries],
         "units": {
-            name: {"path": u.path, "blob": u.blob, "value": u.value} for name, u in d.units.items()
+            name: {"path": u.path, "blob": u.blob, "value": u.value}
+            | ({"policy": u.policy} if u.policy else {})
+            for name, u in d.units.items()
         },
         "problems": [_problem(p) for p in plan.problems],
         "prune_refused": plan.prune_refused,
@@ -84,7 +86,16 @@ def _entry(e: PlanEntry) -> dict[str, Any]:
         "diff": e.diff,
         "effect": effect,
         "issues": [_issue(i) for i in e.issues],
-    }
+    } | (
+        # Only with a rollout policy, so that plans of units without one read as before.
+        {
+            "old_policy": e.old_policy,
+            "new_policy": e.new_policy,
+            "policy_revision": e.policy_revision,
+        }
+        if e.old_policy or e.new_policy
+        else {}
+    )
 
 
 def _issue(i: Issue) -> dict[str, Any]:
@@ -133,8 +144,10 @@ def plan_from_json(doc: Mapping[str, Any], *, source: str = "plan") -> Plan:
     entries = tuple(r.entry(e, f"entries[{k}]") for k, e in enumerate(r.items(doc, "entries")))
     for entry in entries:
         # apply writes new_value and the inventory from units: they must agree.
-        if entry.action in (Action.CREATE, Action.UPDATE) and (
-            entry.name not in units or units[entry.name].value != entry.new_value
+        if entry.action in (Action.CREATE, Action.UPDATE, Action.POLICY) and (
+            entry.name not in units
+            or units[entry.name].value != entry.new_value
+            or units[entry.name].policy != entry.new_policy
         ):
             raise UsageError(f"{source}: entry {entry.name!r} does not match units.{entry.name}")
     return Plan(
@@ -219,7 +232,18 @@ class _Reader:
             # Validated again: this is what apply writes to units/<name>.
             spec=parse_stored(value, f"{self.source}: units.{name}", name),
             value=value,
+            policy=self.policy(data, "policy", f"{where}policy"),
         )
+
+    def policy(self, data: Mapping[str, Any], key: str, where: str) -> str:
+        """A stored policy ("" when absent), validated again: apply writes it as it is."""
+        value = self.text(data, key, where.removesuffix(key)) if key in data else ""
+        if value:
+            try:
+                parse_stored_policy(value, f"{self.source}: {where}")
+            except SpecError as exc:
+                raise UsageError(str(exc).splitlines()[0]) from None
+        return value
 
     def issue(self, value: Any, where: str) -> Issue:
         data = self.mapping(value, where)
@@ -264,6 +288,11 @@ class _Reader:
             diff=self.text(data, "diff", where),
             effect=self.effect(data.get("effect"), f"{where}effect"),
             issues=self.issues(data, where),
+            old_policy=self.policy(data, "old_policy", f"{where}old_policy"),
+            new_policy=self.policy(data, "new_policy", f"{where}new_policy"),
+            policy_revision=self.integer(data, "policy_revision", where)
+            if "policy_revision" in data
+            else 0,
         )
 
     def effect(self, value: Any, where: str) -> FleetEffect | None:

@@ -25,6 +25,7 @@ _COLORS: dict[Action, str] = {
     Action.UPDATE: "\x1b[33m",
     Action.DELETE: "\x1b[31m",
     Action.UNCHANGED: "",
+    Action.POLICY: "\x1b[34m",
     Action.SUSPENDED: "\x1b[36m",
     Action.INVALID: "\x1b[1;35m",
     Action.PRUNE_REFUSED: "\x1b[1;31m",

@@ -20,6 +20,7 @@ SYMBOLS: dict[Action, str] = {
     Action.UPDATE: "~",
     Action.DELETE: "-",
     Action.UNCHANGED: "=",
+    Action.POLICY: "%",
     Action.SUSPENDED: "#",
     Action.INVALID: "!",
     Action.PRUNE_REFUSED: "x",
@@ -66,6 +67,10 @@ def summary_line(plan: Plan) -> str:
         f"{n[Action.DELETE]} to delete",
         f"{n[Action.UNCHANGED]} unchanged",
     ]
+    if n[Action.POLICY]:
+        parts.append(
+            f"{n[Action.POLICY]} rollout policy change{'s' if n[Action.POLICY] > 1 else ''}"
+        )
     if n[Action.SUSPENDED]:
         parts.append(f"{n[Action.SUSPENDED]} suspended")
     if n[Action.PRUNE_REFUSED]:

@@ -213,7 +213,11 @@ def identity_hash(spec: UnitSpec, generation: int, groups: Mapping[str, Sequence
 
 def decide(view: UnitView, timers: Timers, now: float, timing: Timing) -> Decision:
     """The next steps for one unit. ``timers`` must have observed this look at fleet."""
-    decision = _decide(view, timers, now, timing)
+    return hold_unsure(view, _decide(view, timers, now, timing))
+
+
+def hold_unsure(view: UnitView, decision: Decision) -> Decision:
+    """``decision`` without stops and destroys while some instance's state is unknown."""
     if not unsure(view):
         return decision
     held = tuple(a for a in decision.actions if not isinstance(a, Stop | Destroy))

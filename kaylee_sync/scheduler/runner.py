@@ -62,6 +62,8 @@ from kaylee_sync.scheduler.decide import (
     decide,
     is_running,
 )
+from kaylee_sync.scheduler.gated import Gate, Outcome, decide_gated
+from kaylee_sync.scheduler.health_gate import HealthGate, HealthSource
 from kaylee_sync.scheduler.records import Complaints, decode_generation
 from kaylee_sync.scheduler.repair import Repair
 from kaylee_sync.spec.loader import parse_stored
@@ -116,11 +118,13 @@ class Scheduler:
         identity: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        prober: HealthSource | None = None,
     ) -> None:
         """``is_leader`` must turn false before the lease can expire on the server
         (Election.is_leader does: last renewal + TTL - margin, by the monotonic clock);
         ``identity`` is the value this process writes to ``master``: reports are fenced
-        on it (None: unfenced, for tests and one-off tools)."""
+        on it (None: unfenced, for tests and one-off tools). ``prober`` runs the health
+        checks of units with a ``health:`` section (None: such instances never pass)."""
         self.store = store
         self.fleet = fleet
         self.settings = settings or SchedulerSettings()
@@ -137,6 +141,7 @@ class Scheduler:
         self._complain = Complaints()
         self._settle_until: float | None = None  # None: start settling at the next read
         self._last_read: float | None = None
+        self.gate = HealthGate(store, fleet, prober, self._complain)
         self.repair = Repair(
             fleet, self.settings.unit_prefix, self.settings.resync, self.settings.active_interval
         )
@@ -198,6 +203,7 @@ class Scheduler:
         specs, broken = self._read_specs()
         generations = self._read_ints(keys.RESTART)
         reports = self._read_reports()
+        self.gate.read()
         units, unit_states = self.fleet.snapshot()
         settling = self._settling(self.clock())
         states: dict[str, list[UnitState]] = {}
@@ -219,6 +225,7 @@ class Scheduler:
         running = [u.name for u in all_ours if is_running(states.get(u.name, ()))]
         self.timers.observe(all_ours, running, now)
         self._seed_created_at(reports, now)
+        self.gate.update_checks(specs, ours)
 
         decisions: list[Decision] = []
         for name in sorted((specs.keys() | ours.keys()) - broken):
@@ -232,7 +239,7 @@ class Scheduler:
                 failed_hash=report.failed_hash if (report := reports.get(name)) else "",
                 settling=settling,
             )
-            decision = decide(view, self.timers, now, self.settings.timing)
+            decision, outcome = self._decide(view, reports.get(name), now, specs)
             if self._halted():
                 log.warning("stopping or no longer leading: abandoning the scheduler pass")
                 return decisions
@@ -241,11 +248,39 @@ class Scheduler:
             # timer for every unit would make a pass quadratic in the fleet's size.
             names = [u.name for _, u in view.units]
             names += [a.name for a in decision.actions if isinstance(a, Create)]
-            if not self._report(decision, reports.get(name), error, names):
+            if not self._report(decision, reports.get(name), error, names, outcome):
                 return decisions  # the fence on master refused: someone else leads
             decisions.append(decision)
         self.repair.run(now, self._halted)
         return decisions
+
+    def _decide(
+        self,
+        view: UnitView,
+        report: RolloutReport | None,
+        now: float,
+        specs: dict[str, UnitSpec],
+    ) -> tuple[Decision, Outcome | None]:
+        """decide(), or for a unit with a rollout policy the health-gated decide_gated()."""
+        if not self.gate.gated(view.name, view.spec):
+            return decide(view, self.timers, now, self.settings.timing), None
+        stable = None
+        if report is not None and report.stable_spec:
+            try:
+                stable = parse_stored(report.stable_spec, f"{keys.rollout_key(view.name)}: stable")
+            except SpecError as exc:
+                self._complain(keys.rollout_key(view.name), f"stable_spec: {exc}")
+        healthy, failing = self.gate.healthy_since(view.name, view.units, self.timers)
+        gate = Gate(
+            policy=self.gate.policy(view.name),
+            healthy_since=healthy,
+            failing=failing,
+            record=report,
+            control=self.gate.control(view.name),
+            stable=stable,
+            wall_now=self.wall_clock(),
+        )
+        return decide_gated(view, gate, self.timers, now, self.settings.timing)
 
     def _read_specs(self) -> tuple[dict[str, UnitSpec], set[str]]:
         specs: dict[str, UnitSpec] = {}
@@ -350,6 +385,7 @@ class Scheduler:
         previous: RolloutReport | None,
         error: str,
         unit_names: list[str],
+        outcome: Outcome | None = None,
     ) -> bool:
         """Write the unit's rollout report if it changed; False if the fence refused."""
         key = keys.rollout_key(decision.unit)
@@ -358,12 +394,13 @@ class Scheduler:
         wall_now = self.wall_clock()
         clock_now = self.clock()
         marker = f":{decision.unit}:{decision.hash6}:"
+        waiting = set(outcome.waiting) if outcome is not None else set()
         pending = {
             name: round(wall_now - (clock_now - created), 3)
             for name in unit_names
             if (created := self.timers.created_at.get(name)) is not None
             and marker in name
-            and name not in self.timers.running_since
+            and (name not in self.timers.running_since or name in waiting)
         }
         report = RolloutReport(
             phase=decision.phase,
@@ -375,6 +412,15 @@ class Scheduler:
             created=pending,
             error=error,
         )
+        if outcome is not None:
+            report = replace(
+                report,
+                healthy=outcome.healthy,
+                started=outcome.started,
+                promoted=outcome.promoted,
+                stable_spec=outcome.stable_spec,
+                stable_generation=outcome.stable_generation,
+            )
         if report.same_content(previous):
             return True
         if report.message and report.message != (previous.message if previous else ""):
@@ -419,7 +465,9 @@ class Scheduler:
             while not stop.is_set():
                 self._wake.clear()
                 beat.beat()
-                if self.is_leader():
+                if not self.is_leader():
+                    self.gate.forget()  # a standby checks nothing
+                else:
                     try:
                         decisions = self.run_pass()
                         busy = any(d.phase not in QUIET_PHASES for d in decisions)
@@ -451,7 +499,7 @@ class Scheduler:
                 failed: list[Exception] = []  # what ended a pump, if not a KayleeError
                 cancels = []
                 try:
-                    for area in (keys.UNITS, keys.RESTART):
+                    for area in (keys.UNITS, keys.RESTART, keys.POLICY, keys.CONTROL):
                         events, cancel = self.store.watch_prefix(area)
                         cancels.append(cancel)
                         threading.Thread(

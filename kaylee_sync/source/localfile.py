@@ -13,8 +13,9 @@ import os
 import stat
 
 from kaylee_sync.errors import Issue, SpecError
-from kaylee_sync.spec.loader import MAX_BYTES, load_unit
+from kaylee_sync.spec.loader import MAX_BYTES, load_unit_and_policy
 from kaylee_sync.spec.model import UnitSpec
+from kaylee_sync.spec.policy import UnitPolicy
 
 
 class NotRegularFile(OSError):
@@ -37,6 +38,13 @@ def read_regular(path: str | os.PathLike[str]) -> bytes:
 
 def load_unit_file(path: str | os.PathLike[str], display_name: str | None = None) -> UnitSpec:
     """Read and load a unit file; symlinks, non-regular and over-1-MiB files are refused."""
+    return load_unit_file_and_policy(path, display_name)[0]
+
+
+def load_unit_file_and_policy(
+    path: str | os.PathLike[str], display_name: str | None = None
+) -> tuple[UnitSpec, UnitPolicy]:
+    """:func:`load_unit_file`, with the file's rollout policy (``rollout:``/``health:``)."""
     name = display_name if display_name is not None else os.fspath(path)
     try:
         st = os.lstat(path)
@@ -51,7 +59,7 @@ def load_unit_file(path: str | os.PathLike[str], display_name: str | None = None
         raise _refused(name, "is not a regular file") from None
     except OSError as exc:
         raise _refused(name, f"cannot be read: {exc.strerror or exc}") from exc
-    return load_unit(data, name)
+    return load_unit_and_policy(data, name)
 
 
 def _refused(filename: str, reason: str) -> SpecError:

@@ -23,7 +23,7 @@ from yaml.nodes import MappingNode, ScalarNode
 from kaylee_sync.errors import Issue, SpecError
 from kaylee_sync.plan.model import DesiredUnit, FileProblem
 from kaylee_sync.render import DEFAULT_UNIT_PREFIX, render_issues
-from kaylee_sync.spec import load_unit, to_json
+from kaylee_sync.spec import load_unit_and_policy, policy_to_json, to_json
 from kaylee_sync.spec.codec import json_hash
 from kaylee_sync.spec.loader import MAX_BYTES, compose_node
 from kaylee_sync.spec.schema import NAME
@@ -144,7 +144,7 @@ class UnitParser:
                 blob,
             )
         try:
-            spec = load_unit(data, path)
+            spec, policy = load_unit_and_policy(data, path)
         except SpecError as exc:
             return FileProblem(path, blob, exc.issues, declared_name(data, path))
         canonical = to_json(spec)  # once: the render check needs its hash too
@@ -152,7 +152,8 @@ class UnitParser:
         issues = render_issues(spec, path, self.unit_prefix, hash6=hash6)
         if issues:
             return FileProblem(path, blob, tuple(issues), spec.name)
-        return DesiredUnit(spec.name, path, blob, spec, canonical)
+        stored_policy = "" if policy.is_default else policy_to_json(policy)
+        return DesiredUnit(spec.name, path, blob, spec, canonical, stored_policy)
 
 
 def oversize(path: str, blob: str | None) -> FileProblem:

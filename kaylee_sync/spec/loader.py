@@ -20,15 +20,26 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from kaylee_sync.errors import Issue, SpecError
+from kaylee_sync.spec import schema
 from kaylee_sync.spec.codec import spec_from_dict
 from kaylee_sync.spec.model import UnitSpec
-from kaylee_sync.spec.validate import REPORTED, Opaque, check_shape, validate_spec
+from kaylee_sync.spec.policy import DEFAULT_POLICY, UnitPolicy, policy_from_dict
+from kaylee_sync.spec.policy_rules import policy_issues
+from kaylee_sync.spec.schema import Field
+from kaylee_sync.spec.validate import (
+    REPORTED,
+    Opaque,
+    check_shape,
+    line_of,
+    validate_spec,
+)
 
 MAX_BYTES = 1 << 20  # 1 MiB: far above any real unit file, small enough to hold in memory.
 NODE_BUDGET = 100_000  # nodes visited, aliases counted each time: a billion laughs stops here.
@@ -276,9 +287,12 @@ def _check(
     issues: list[Issue],
     strict: bool,
     expected_name: str | None = None,
-) -> UnitSpec:
-    clean, shape_issues, bad = check_shape(data, filename, lines)
+    *,
+    fields: Mapping[str, Field] = schema.UNIT_FIELDS,
+) -> tuple[UnitSpec, UnitPolicy]:
+    clean, shape_issues, bad = check_shape(data, filename, lines, fields)
     issues = issues + shape_issues
+    policy_part = {k: clean.pop(k) for k in schema.POLICY_FIELDS if k in clean}
     spec = spec_from_dict(clean)
     if "" not in bad:  # the top level is a mapping: the value rules make sense
         issues += validate_spec(spec, filename, lines, strict=strict, skip=bad)
@@ -291,13 +305,29 @@ def _check(
                     f"'{spec.name}' does not match its key (expected '{expected_name}')",
                 )
             )
+        if policy_part:
+            issues += [
+                Issue(filename, line_of(lines, path), path, reason)
+                for path, reason in policy_issues(policy_part, spec, bad)
+            ]
     if issues:
         raise SpecError(sorted(set(issues)))
-    return spec
+    return spec, policy_from_dict(policy_part) if policy_part else DEFAULT_POLICY
 
 
 def load_unit(data: bytes, filename: str, *, strict: bool = True) -> UnitSpec:
-    """Parse and validate one unit file (YAML or JSON); raise SpecError with every issue."""
+    """Parse and validate one unit file (YAML or JSON); raise SpecError with every issue.
+
+    Its ``rollout:`` and ``health:`` sections are checked too, and left out of the spec
+    (``load_unit_and_policy`` returns them).
+    """
+    return load_unit_and_policy(data, filename, strict=strict)[0]
+
+
+def load_unit_and_policy(
+    data: bytes, filename: str, *, strict: bool = True
+) -> tuple[UnitSpec, UnitPolicy]:
+    """A unit file's spec and its rollout policy (the default one if it has none)."""
     text = _decode(data, filename)
     if filename.endswith(".json"):
         text = _join_surrogate_escapes(text)
@@ -309,7 +339,7 @@ def load_unit(data: bytes, filename: str, *, strict: bool = True) -> UnitSpec:
         plain = walker.walk(root, "", 0)
     except _Abort as exc:
         raise _fail(filename, exc.reason, exc.line) from None
-    return _check(plain, filename, walker.lines, walker.issues, strict)
+    return _check(plain, filename, walker.lines, walker.issues, strict, fields=schema.FILE_FIELDS)
 
 
 class _Pairs(dict[str, Any]):
@@ -341,14 +371,33 @@ def parse_stored(
     policy (global / machineId / replicas combinations) is not enforced: entries written
     by the Go Kaylee must be adopted, not rejected. Issues carry line 0 (compact JSON).
     """
+    data = _json_document(value, key)
+    return _check(data, key, {}, [], strict, expected_name)[0]
+
+
+def parse_stored_policy(value: bytes | str, key: str) -> UnitPolicy:
+    """The policy stored at ``key`` (``policy/<name>``); SpecError naming key and field.
+
+    The stored form is the unit file's sections as JSON, so it is checked by the same
+    shape and rules (without the spec, which is stored apart).
+    """
+    data = _json_document(value, key)
+    clean, issues, bad = check_shape(data, key, {}, schema.POLICY_FIELDS)
+    if "" not in bad:
+        issues += [Issue(key, 0, p, r) for p, r in policy_issues(clean, None, bad)]
+    if issues:
+        raise SpecError(sorted(set(issues)))
+    return policy_from_dict(clean)
+
+
+def _json_document(value: bytes | str, key: str) -> Any:
     if isinstance(value, bytes):
         value = _decode(value, key)
     elif len(value) > MAX_BYTES:
         raise _fail(key, f"is larger than {MAX_BYTES} bytes (1 MiB); refusing to read it")
     try:
-        data = json.loads(value, object_pairs_hook=_pairs, parse_constant=_no_constant)
+        return json.loads(value, object_pairs_hook=_pairs, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise _fail(key, f"invalid JSON: {exc.msg}", exc.lineno) from exc
     except (ValueError, RecursionError) as exc:
         raise _fail(key, f"invalid JSON: {exc}") from exc
-    return _check(data, key, {}, [], strict, expected_name)

@@ -38,8 +38,13 @@ MACHINE = "^(?![\\s\\S]*\\\\$)" + MACHINE_KV[1:]
 MACHINE_ID = "^[0-9A-Fa-f]{1,128}$"
 
 MAX_REPLICAS = 1000
+# Go-style durations ("30s", "5m", "1m30s", "250ms") for the rollout policy and checks.
+DURATION = "^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"
+# Check templates: no whitespace (a URL or key is one word); ${VAR} stands for a variable.
+ETCD_KEY = f"^/[^\\s{_CTRL}]*$"
+URL = f"^https?://[^\\s{_CTRL}]+$"
 
-Kind = Literal["string", "integer", "boolean", "strings", "objects"]
+Kind = Literal["string", "integer", "boolean", "strings", "objects", "object", "duration"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class Field:
     kind: Kind
     description: str
     required: bool = False
-    # For kind "objects": the fields of each list item.
+    # For kind "objects": the fields of each list item; for "object": of the mapping.
     item: Mapping[str, Field] | None = None
     # Extra JSON Schema keywords for the value (or, for "strings", for each item).
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -151,12 +156,96 @@ UNIT_FIELDS: dict[str, Field] = {
     ),
 }
 
+# The rollout policy and the health checks: in the unit file, never in the stored spec
+# (spec/policy.py says why), so they are not in UNIT_FIELDS but in FILE_FIELDS.
+ROLLOUT_FIELDS: dict[str, Field] = {
+    "maxParallel": Field(
+        "integer",
+        "Instances replaced at once (default 1).",
+        extra={"minimum": 1, "maximum": MAX_REPLICAS},
+    ),
+    "minHealthyTime": Field(
+        "duration",
+        "How long a new instance must stay healthy before it counts (default: the server's "
+        "--stable), e.g. '30s'.",
+        extra={"pattern": DURATION},
+    ),
+    "healthyDeadline": Field(
+        "duration",
+        "A new instance must be healthy within this (default: the server's --rollout-timeout).",
+        extra={"pattern": DURATION},
+    ),
+    "progressDeadline": Field(
+        "duration",
+        "The whole rollout must finish within this (default: none).",
+        extra={"pattern": DURATION},
+    ),
+    "canary": Field(
+        "integer",
+        "New instances started beside the old ones and held until promoted (default 0).",
+        extra={"minimum": 0, "maximum": MAX_REPLICAS},
+    ),
+    "autoPromote": Field(
+        "boolean", "Promote the canaries once healthy for minHealthyTime (default false)."
+    ),
+    "autoRevert": Field(
+        "boolean",
+        "On a missed deadline, destroy the new instances and bring the last healthy spec "
+        "back to full count (default true).",
+    ),
+}
+
+HTTP_FIELDS: dict[str, Field] = {
+    "url": Field(
+        "string",
+        "URL to GET; ${MACHINE_IP}, ${KAYLEE_ID} and the unit's env names are replaced.",
+        True,
+        extra={"pattern": URL},
+    ),
+    "interval": Field(
+        "duration", "Time between checks (default 10s).", extra={"pattern": DURATION}
+    ),
+    "timeout": Field(
+        "duration", "Time a check may take (default 2s).", extra={"pattern": DURATION}
+    ),
+    "failures": Field(
+        "integer",
+        "Checks failing in a row before a healthy instance counts as unhealthy (default 3).",
+        extra={"minimum": 1, "maximum": 100},
+    ),
+}
+
+HEALTH_FIELDS: dict[str, Field] = {
+    "etcdKey": Field(
+        "string",
+        "A presence key the instance writes, e.g. /services/web/${KAYLEE_ID}.",
+        extra={"pattern": ETCD_KEY},
+    ),
+    "etcdKeyspace": Field(
+        "string", "Where etcdKey lives: 'v2' (default) or 'v3'.", extra={"enum": ["v2", "v3"]}
+    ),
+    "http": Field("object", "An HTTP check.", item=HTTP_FIELDS),
+}
+
+POLICY_FIELDS: dict[str, Field] = {
+    "rollout": Field("object", "How a new spec replaces the old one.", item=ROLLOUT_FIELDS),
+    "health": Field(
+        "object",
+        "Checks an instance must pass, besides fleet's active/running, to count as healthy.",
+        item=HEALTH_FIELDS,
+    ),
+}
+
+FILE_FIELDS: dict[str, Field] = {**UNIT_FIELDS, **POLICY_FIELDS}
+
 _JSON_TYPES: dict[Kind, str] = {
     "string": "string",
     "integer": "integer",
     "boolean": "boolean",
     "strings": "array",
     "objects": "array",
+    "object": "object",
+    "duration": "string",
 }
 
 
@@ -170,6 +259,9 @@ def _object_schema(fields: Mapping[str, Field], description: str) -> dict[str, A
             assert f.item is not None
             prop["items"] = _object_schema(f.item, f.description)
             prop.update(f.extra)
+        elif f.kind == "object":
+            assert f.item is not None
+            prop = _object_schema(f.item, f.description)
         else:
             prop.update(f.extra)
         props[key] = prop
@@ -184,7 +276,7 @@ def _object_schema(fields: Mapping[str, Field], description: str) -> dict[str, A
 
 def unit_schema() -> dict[str, Any]:
     """A JSON Schema (draft 2020-12) of one unit file, for editors and linters."""
-    schema = _object_schema(UNIT_FIELDS, "A Kaylee unit: one service run on fleet with rkt.")
+    schema = _object_schema(FILE_FIELDS, "A Kaylee unit: one service run on fleet with rkt.")
     volume = schema["properties"]["volumes"]["items"]
     # A driver needs an id; a host volume (no driver) needs an absolute source.
     volume["if"] = {"required": ["driver"]}

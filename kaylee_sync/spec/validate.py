@@ -124,6 +124,13 @@ class _Shape:
             if isinstance(value, bool):
                 return value
             self.fail(path, f"expected a boolean (true or false), got {describe(value)}")
+        elif f.kind == "duration":
+            if isinstance(value, str):
+                return value
+            self.fail(path, f"expected a duration such as '30s' or '5m', got {describe(value)}")
+        elif f.kind == "object":
+            assert f.item is not None
+            return self.item(value, f.item, path)
         elif not isinstance(value, list):
             what = "strings" if f.kind == "strings" else "mappings"
             self.fail(path, f"expected a list of {what}, got {describe(value)}")
@@ -145,7 +152,15 @@ class _Shape:
 
 
 _STRING_ITEM = Field("string", "an item of a list of strings")
-_ZERO: dict[str, Any] = {"string": "", "integer": 0, "boolean": False, "strings": [], "objects": []}
+_ZERO: dict[str, Any] = {
+    "string": "",
+    "integer": 0,
+    "boolean": False,
+    "strings": [],
+    "objects": [],
+    "object": {},
+    "duration": "",
+}
 
 
 class _Reported:
@@ -156,18 +171,23 @@ REPORTED = _Reported()
 
 
 def check_shape(
-    data: Any, filename: str, lines: Mapping[str, int]
+    data: Any,
+    filename: str,
+    lines: Mapping[str, int],
+    fields: Mapping[str, Field] = schema.UNIT_FIELDS,
 ) -> tuple[dict[str, Any], list[Issue], frozenset[str]]:
     """Check keys and types; return (clean data, issues, field paths found wrong).
 
     Wrong values are replaced by their type's zero value (lists keep their length so that
     later issues still name the right index); ``validate_spec`` skips the paths returned.
+    ``fields``: the spec's (an etcd entry), or ``schema.FILE_FIELDS`` (a unit file, which
+    may also hold the rollout policy).
     """
     shape = _Shape(filename, lines)
     if not isinstance(data, dict):
         shape.fail("", f"expected a mapping of fields at the top level, got {describe(data)}")
         return {}, shape.issues, frozenset(shape.bad)
-    clean = shape.mapping(data, schema.UNIT_FIELDS, "")
+    clean = shape.mapping(data, fields, "")
     return clean, shape.issues, frozenset(shape.bad)
 
 

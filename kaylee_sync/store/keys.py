@@ -16,6 +16,9 @@ Layout (relative to the prefix, default ``/kaylee2``)::
     sync/request                 JSON: an operator's "sync now" (``kaylee-sync sync``),
                                  acknowledged by the leader that picked it up
     restart/<name>               restart generation (a decimal integer)
+    policy/<name>                JSON: the unit file's rollout: and health: sections, kept
+                                 out of units/<name> (same JSON and hash as the original)
+    rollout/<name>               JSON: operators' pause / promote (kaylee rollout …)
     scheduler/rollouts/<name>    JSON: the scheduler's rollout state for one unit
                                  (phase, target spec hash, started, last error); it lets
                                  a new leader report — and resume — a rollout in progress
@@ -34,9 +37,11 @@ SUSPENDED = "sync/suspended/"
 PRUNE_HOLD = "sync/prune-hold"
 RESTART = "restart/"
 ROLLOUTS = "scheduler/rollouts/"
+POLICY = "policy/"
+CONTROL = "rollout/"
 
 # Directories whose children are named by a unit name: exactly one segment below them.
-NAMED_AREAS = (UNITS, SUSPENDED, RESTART, ROLLOUTS)
+NAMED_AREAS = (UNITS, SUSPENDED, RESTART, ROLLOUTS, POLICY, CONTROL)
 
 
 def unit_key(name: str) -> str:
@@ -53,6 +58,14 @@ def restart_key(name: str) -> str:
 
 def rollout_key(name: str) -> str:
     return ROLLOUTS + name
+
+
+def policy_key(name: str) -> str:
+    return POLICY + name
+
+
+def control_key(name: str) -> str:
+    return CONTROL + name
 
 
 def absolute_key(prefix: str, relative: str, *, is_prefix: bool = False) -> str:

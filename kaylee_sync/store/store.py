@@ -16,11 +16,11 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
 from etcd3.utils import prefix_range_end
 
-from kaylee_sync.errors import ConflictError, StoreError
+from kaylee_sync.errors import ConflictError, StoreError, UsageError
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.store import keys
 from kaylee_sync.store.connection import Connection
-from kaylee_sync.store.txn import ETCD_MAX_TXN_OPS, Compare, Op, batches
+from kaylee_sync.store.txn import ETCD_MAX_TXN_OPS, Compare, Op, batches, packed
 from kaylee_sync.store.watching import WatchEvent, open_watch
 
 # Keys per range request. A prefix read in one response stops working past grpc's message
@@ -174,6 +174,20 @@ class Store:
             revision = revision or int(response.header.revision)
             cursor = bytes(response.kvs[-1].key) + b"\0"  # the next key after the last
 
+    def keys_outside(self, absolute_prefix: str) -> set[str]:
+        """The keys under an absolute prefix *outside* the kaylee keyspace (keys only).
+
+        For health checks' presence keys (``/services/web/<id>``), which the services
+        write wherever they like; reading them is all kaylee-sync ever does there.
+        """
+        if not absolute_prefix.startswith("/"):
+            raise UsageError(f"key prefix {absolute_prefix!r} must be absolute")
+        response = self._conn.call(
+            f"read {absolute_prefix}",
+            lambda c: c.get_prefix_response(absolute_prefix, keys_only=True),
+        )
+        return {bytes(kv.key).decode("utf-8", errors="replace") for kv in response.kvs}
+
     def put(self, key: str, value: str | bytes, lease: int | None = None) -> int:
         """Write ``key`` (optionally bound to a lease); returns the revision of the write."""
         full = self._key(key)
@@ -235,8 +249,18 @@ class Store:
         )
         return bool(succeeded)
 
-    def apply_batched(self, ops: Sequence[Op], fence: Compare | None, batch: int = 64) -> int:
+    def apply_batched(
+        self,
+        ops: Sequence[Op],
+        fence: Compare | None,
+        batch: int = 64,
+        *,
+        groups: Sequence[Sequence[Op]] | None = None,
+    ) -> int:
         """Apply ``ops`` in transactions of at most ``batch`` ops; returns how many ran.
+
+        ``groups`` (the same ops, grouped) keeps each group in one transaction: a unit
+        and its rollout policy land together.
 
         Every transaction carries ``fence`` (e.g. ``master`` == my id, so a deposed leader
         writes nothing) and the ``guard`` of each of its ops. Batches are atomic one by
@@ -251,7 +275,7 @@ class Store:
             if op.key in seen:
                 raise ValueError(f"{op.key} appears twice in one batched apply")
             seen.add(op.key)
-        chunks = batches(list(ops), batch)
+        chunks = batches(list(ops), batch) if groups is None else packed(groups, batch)
         for number, chunk in enumerate(chunks, start=1):
             guards = [op.guard for op in chunk if op.guard is not None]
             compares = ([fence] if fence is not None else []) + guards

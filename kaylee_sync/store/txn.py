@@ -10,6 +10,7 @@ Keys here are *relative* (``units/web``); the store adds and checks the prefix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -86,3 +87,17 @@ class Op:
 def batches(ops: list[Op], size: int) -> list[list[Op]]:
     """Split ``ops`` into consecutive chunks of at most ``size`` (no empty chunk)."""
     return [ops[i : i + size] for i in range(0, len(ops), size)]
+
+
+def packed(groups: Sequence[Sequence[Op]], size: int) -> list[list[Op]]:
+    """Consecutive chunks of at most ``size`` ops that never split a group (a group
+    larger than ``size`` is a chunk of its own): ops that must land together."""
+    chunks: list[list[Op]] = []
+    for group in groups:
+        if not group:
+            continue
+        if chunks and len(chunks[-1]) + len(group) <= size:
+            chunks[-1].extend(group)
+        else:
+            chunks.append(list(group))
+    return chunks

@@ -22,6 +22,10 @@ activity does not look like drift.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from kaylee_sync.errors import StoreError
+from kaylee_sync.health import Phase, decode_report
 from kaylee_sync.plan.model import ActualState, ActualUnit, Inventory, PruneHold, Suspension
 from kaylee_sync.store import Store, keys
 from kaylee_sync.sync.inventory import decode_inventory
@@ -42,6 +46,8 @@ def read_actual(store: Store) -> ActualState:
     inventory: Inventory | None = None
     inventory_revision = 0
     hold: PruneHold | None = None
+    policies: dict[str, tuple[str, int]] = {}
+    reverted: dict[str, str] = {}
     count = highest = 0
     for stored in store.get_prefix(""):
         key = stored.key
@@ -51,6 +57,16 @@ def read_actual(store: Store) -> ActualState:
                 continue  # not a unit the store can address (written by hand with etcdctl)
             value = stored.value.decode("utf-8", errors="replace")
             units[name] = ActualUnit(name=name, value=value, mod_revision=stored.mod_revision)
+        elif key.startswith(keys.ROLLOUTS):
+            # Not part of the state the plan is guarded by (the scheduler rewrites it):
+            # only read to say when a change retries a rollout that was reverted.
+            failed = _reverted(stored.value, key)
+            if failed:
+                reverted[key[len(keys.ROLLOUTS) :]] = failed
+            continue
+        elif key.startswith(keys.POLICY):
+            value = stored.value.decode("utf-8", errors="replace")
+            policies[key[len(keys.POLICY) :]] = (value, stored.mod_revision)
         elif key == keys.INVENTORY:
             inventory = decode_inventory(stored.value, key)
             inventory_revision = stored.mod_revision
@@ -63,6 +79,12 @@ def read_actual(store: Store) -> ActualState:
             continue
         count += 1
         highest = max(highest, stored.mod_revision)
+    for name, (policy, revision) in policies.items():
+        if name in units:
+            units[name] = replace(units[name], policy=policy, policy_revision=revision)
+    for name, failed in reverted.items():
+        if name in units:
+            units[name] = replace(units[name], reverted=failed)
     return ActualState(
         units=units,
         inventory=inventory,
@@ -72,3 +94,14 @@ def read_actual(store: Store) -> ActualState:
         state_index=f"{count}:{highest}",
         source="etcd",
     )
+
+
+def _reverted(value: bytes, key: str) -> str:
+    """``name@hash6`` if the report says that rollout failed health and was reverted."""
+    try:
+        report = decode_report(value, key)
+    except StoreError:
+        return ""  # the scheduler's to complain about; the plan does not need it
+    if report.phase in (Phase.REVERTING, Phase.REVERTED) and report.failed_hash:
+        return f"{key.rsplit('/', 1)[-1]}@{report.failed_hash}"
+    return ""

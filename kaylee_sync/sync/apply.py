@@ -20,7 +20,9 @@ an apply stops half way (a crash, a lost leadership, a conflict):
    an apply that stops half way cannot leave behind a unit Git created but no longer
    knows it owns (listed-but-absent is harmless: the planner just creates it, or drops
    it when the file is gone);
-3. the unit creates, updates and deletes, in batches;
+3. the unit creates, updates and deletes, in batches; a unit's rollout policy
+   (``policy/<name>``, guarded like the unit) is written in the same transaction as its
+   spec, and a policy-only change writes just the policy;
 4. the new inventory, last and in its own transaction (it is the largest value), guarded
    by the revision of the inventory the plan — or phase 2 — left. Deleted units leave
    the inventory only now, after they are gone, so that a stop before this point leaves
@@ -93,7 +95,8 @@ def apply_plan(
     creates = [e for e in plan.entries if e.action == Action.CREATE]
     updates = [e for e in plan.entries if e.action == Action.UPDATE]
     deletes = [e for e in plan.entries if e.action == Action.DELETE]
-    unit_ops = _unit_ops(creates, updates, deletes)
+    policies = [e for e in plan.entries if e.action == Action.POLICY]
+    unit_ops = _unit_ops(creates, updates, deletes, policies)
     final = next_inventory(plan, old_inventory)
     interim = _interim_inventory(old_inventory, final, [e.name for e in creates + updates])
     # Both inventories are encoded and measured before the first write: a too-big
@@ -114,7 +117,8 @@ def apply_plan(
         txns += _run("listing new units in sync/inventory", store, [op], fence, batch)
         revision = _read_back(store, interim_value)
     if unit_ops:
-        txns += _run("writing units", store, unit_ops, fence, batch)
+        flat = [op for group in unit_ops for op in group]
+        txns += _run("writing units", store, flat, fence, batch, groups=unit_ops)
     inventory_written = interim is not None
     last: list[Op] = []
     if final != (old_inventory if interim is None else interim):
@@ -136,11 +140,38 @@ def apply_plan(
     )
 
 
+def _policy_op(entry: PlanEntry) -> Op | None:
+    """The write of ``policy/<name>`` the entry needs (None if the policy stays)."""
+    if not entry.policy_changes:
+        return None
+    key = keys.policy_key(entry.name)
+    if entry.policy_revision > 0:
+        guard = Compare.mod_revision_equals(key, entry.policy_revision)
+    else:
+        guard = Compare.missing(key)
+    if entry.action == Action.DELETE or not entry.new_policy:
+        return Op.delete(key, guard=guard)
+    return Op.put(key, entry.new_policy, guard=guard)
+
+
 def _unit_ops(
-    creates: Sequence[PlanEntry], updates: Sequence[PlanEntry], deletes: Sequence[PlanEntry]
-) -> list[Op]:
-    ops: list[Op] = []
+    creates: Sequence[PlanEntry],
+    updates: Sequence[PlanEntry],
+    deletes: Sequence[PlanEntry],
+    policies: Sequence[PlanEntry] = (),
+) -> list[list[Op]]:
+    """One group of ops per entry: its unit write and, with it, its policy write."""
+    groups: list[list[Op]] = []
+    for entry in policies:
+        op = _policy_op(entry)
+        if op is not None:
+            groups.append([op])
     for entry in [*creates, *updates, *deletes]:
+        ops: list[Op] = []
+        groups.append(ops)
+        policy = _policy_op(entry)
+        if policy is not None:
+            ops.append(policy)
         key = keys.unit_key(entry.name)
         if entry.action != Action.CREATE and entry.mod_revision <= 0:
             # Without the revision read at plan time the write would be unguarded.
@@ -156,7 +187,7 @@ def _unit_ops(
         else:
             guard = Compare.mod_revision_equals(key, entry.mod_revision)
         ops.append(Op.put(key, entry.new_value, guard=guard))
-    return ops
+    return groups
 
 
 def _interim_inventory(
@@ -241,9 +272,16 @@ def _remove_expired(
     return tuple(removed), ran
 
 
-def _run(phase: str, store: Store, ops: Sequence[Op], fence: Compare | None, batch: int) -> int:
+def _run(
+    phase: str,
+    store: Store,
+    ops: Sequence[Op],
+    fence: Compare | None,
+    batch: int,
+    groups: Sequence[Sequence[Op]] | None = None,
+) -> int:
     """``store.apply_batched``, with the phase named in a conflict."""
     try:
-        return store.apply_batched(ops, fence, batch)
+        return store.apply_batched(ops, fence, batch, groups=groups)
     except ConflictError as exc:
         raise ConflictError(f"{phase}: {exc}") from exc

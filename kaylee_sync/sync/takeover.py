@@ -46,10 +46,20 @@ class Written:
 
 
 def run_unit(
-    store: Store, name: str, value: str, override: Override | None, *, now: float
+    store: Store,
+    name: str,
+    value: str,
+    override: Override | None,
+    *,
+    now: float,
+    policy: str | None = None,
 ) -> Written:
-    """Write ``units/<name>`` (``kaylee run``), suspending Git sync first when overriding."""
-    return _write(store, name, "run", value, override, now)
+    """Write ``units/<name>`` (``kaylee run``), suspending Git sync first when overriding.
+
+    ``policy``: the unit file's rollout policy as stored (``policy/<name>``), written in the
+    same transaction; "" deletes it (the file has none); None leaves it alone.
+    """
+    return _write(store, name, "run", value, override, now, policy)
 
 
 def remove_unit(store: Store, name: str, override: Override | None, *, now: float) -> Written:
@@ -59,7 +69,13 @@ def remove_unit(store: Store, name: str, override: Override | None, *, now: floa
 
 
 def _write(
-    store: Store, name: str, verb: str, value: str | None, override: Override | None, now: float
+    store: Store,
+    name: str,
+    verb: str,
+    value: str | None,
+    override: Override | None,
+    now: float,
+    policy: str | None = None,
 ) -> Written:
     for _ in range(_MAX_ATTEMPTS):
         where, guard = _owner(store, name, override)
@@ -84,8 +100,12 @@ def _write(
                 raise NotFoundError(f"no unit named {name!r} (see 'kaylee ls')")
             compares.append(Compare.mod_revision_equals(unit_key, current.mod_revision))
             ops += [Op.delete(unit_key), Op.delete(keys.restart_key(name))]
+            ops.append(Op.delete(keys.policy_key(name)))
         else:
             ops.append(Op.put(unit_key, value))
+            if policy is not None:
+                policy_key = keys.policy_key(name)
+                ops.append(Op.put(policy_key, policy) if policy else Op.delete(policy_key))
         if not store.txn(compares, ops):
             continue  # the inventory or the unit changed meanwhile: decide again
         if suspension is not None:
