@@ -30,6 +30,7 @@ from click.testing import CliRunner, Result
 from kaylee_sync.cli.kaylee import cli as kaylee_cli
 from kaylee_sync.cli.sync import cli as sync_cli
 from kaylee_sync.errors import StoreError
+from kaylee_sync.server import SchedulerServer
 from kaylee_sync.store import Store
 from kaylee_sync.sync.inventory import decode_inventory
 from tests.gitrepo import GitRepo, unit_yaml
@@ -367,8 +368,9 @@ def world(
     )  # fmt: skip
     assert saved.exit_code == 0, saved.output
     # 'kaylee server' would schedule until stopped: its run returns at once here, after
-    # every value has been parsed, checked and turned into settings.
-    monkeypatch.setattr("kaylee_sync.server.SchedulerServer.run", lambda self: None)
+    # every value has been parsed, checked and turned into settings (and its listening
+    # socket is released, as run() would).
+    monkeypatch.setattr("kaylee_sync.server.SchedulerServer.run", SchedulerServer.close_listener)
     return world
 
 

@@ -73,6 +73,13 @@ class Daemon(Service):
         identity: str | None = None,
     ) -> None:
         super().__init__(store, fleet, settings, identity, webhook_secret=settings.webhook_secret)
+        try:
+            self._init_daemon(source, store, settings)
+        except BaseException:
+            self.close_listener()  # bound by Service; nothing will ever stop it otherwise
+            raise
+
+    def _init_daemon(self, source: GitSource, store: Store, settings: DaemonSettings) -> None:
         self.settings: DaemonSettings = settings
         self.source = source
         self.feedback = Feedback(settings.feedback)  # commit statuses, notifications

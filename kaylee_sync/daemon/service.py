@@ -297,14 +297,22 @@ class Service:
     def run(self) -> None:
         """Run until ``should_exit`` is set (SIGTERM/SIGINT on the main thread), then
         shut down in order."""
-        with self.lifecycle.signals():
-            log.info("%s: %s", self.identity, self.describe())
-            try:
-                self._start()
-                while not self.should_exit.wait(1.0):
-                    pass
-            finally:
-                self._shutdown()
+        try:
+            with self.lifecycle.signals():
+                log.info("%s: %s", self.identity, self.describe())
+                try:
+                    self._start()
+                    while not self.should_exit.wait(1.0):
+                        pass
+                finally:
+                    self._shutdown()
+        finally:
+            self.close_listener()  # also when the signals could not even be set up
+
+    def close_listener(self) -> None:
+        """Release the listening socket (idempotent; also for a service never started)."""
+        if self.http is not None:
+            self.http.stop()
 
     def start_loop(
         self, name: str, target: Callable[[Heartbeat], None], stuck_after: float, leader_only: bool
