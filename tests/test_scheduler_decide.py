@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from kaylee_sync.fleet.model import LAUNCHED, LOADED, FleetUnit, UnitState
+from kaylee_sync.fleet.model import INACTIVE, LAUNCHED, LOADED, FleetUnit, UnitState
 from kaylee_sync.render import parse_unit_name, render_units
 from kaylee_sync.scheduler.decide import (
     Create,
@@ -333,3 +333,13 @@ def test_a_unit_fleet_never_placed_is_known_not_to_run() -> None:
     world.silent = {name}
     world.timers.stop_requested_at.clear()
     assert Destroy(name) in world.step(None).actions
+
+
+def test_a_create_cut_short_before_its_target_state_is_launched_mid_rollout() -> None:
+    world = World(start_delay=2)
+    world.run(WEB, until="steady")
+    new = dataclasses.replace(WEB, apps=(App("docker://web:2"),))
+    (created,) = [a.name for a in world.step(new).actions if isinstance(a, Create)]
+    world.units[created] = dataclasses.replace(world.units[created], desired_state=INACTIVE)
+    assert Launch(created) in world.step(new).actions
+    world.run(new, until="steady")

@@ -44,7 +44,7 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kaylee_sync.fleet.model import LAUNCHED, LOADED, FleetUnit, UnitState
+from kaylee_sync.fleet.model import INACTIVE, LAUNCHED, LOADED, FleetUnit, UnitState
 from kaylee_sync.health import Phase
 from kaylee_sync.render import UnitName, conflicts_for, render_options, slot_ids
 from kaylee_sync.spec.codec import spec_hash6
@@ -262,11 +262,13 @@ def _decide(view: UnitView, timers: Timers, now: float, timing: Timing) -> Decis
             f"rollout of {ident} failed; old instances kept (change or restart the unit)",
             failed_hash=ident,
         )
-    if not old:
-        # Units of ours that someone stopped by hand are launched again (drift).
-        for _, unit in kept.values():
-            if unit.desired_state != LAUNCHED:
-                step.actions.append(Launch(unit.name))
+    for _, unit in kept.values():
+        # A unit with no target state is a create cut short before its last write (a
+        # crash, an etcd outage): launched whatever else happens, or a rollout would
+        # wait for it forever. Units someone stopped by hand are launched again (drift)
+        # once no rollout is under way.
+        if unit.desired_state == INACTIVE or (not old and unit.desired_state != LAUNCHED):
+            step.actions.append(Launch(unit.name))
     missing = [i for i in range(1, want + 1) if i not in kept]
     if spec.global_ or not spec.is_replica_unit:
         return _replace_whole(step, missing, old)
