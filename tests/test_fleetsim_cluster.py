@@ -121,7 +121,10 @@ def test_global_unit_runs_on_every_matching_machine_without_a_target(
     cluster: SimulatedCluster, fleet: RegistryDriver
 ) -> None:
     fleet.create_unit("agent.service", unit(Global="true", MachineMetadata="role=web"))
-    running = cluster.wait_until(lambda: cluster.running_units().get("agent.service"), 5)
+    # each machine starts its copy in its own time: wait for both (and no third)
+    running = cluster.wait_until(
+        lambda: len(r := cluster.running_units().get("agent.service", [])) >= 2 and r, 5
+    )
     assert running == [M1, M2]
     assert cluster.targets() == {}
 
