@@ -3,7 +3,7 @@
 What a signal does can only be seen from outside a process: a killed leader leaves its
 lease to expire (the standby takes over within the TTL, then syncs), a terminated one
 resigns (its ``master`` key is gone at once and the standby takes over without waiting).
-The takeover times measured here are printed (run with ``-s``) and kept as properties.
+The takeover times measured here are printed (run with ``-s -n 0``) and kept as properties.
 """
 
 from __future__ import annotations

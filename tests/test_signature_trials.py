@@ -133,5 +133,5 @@ def test_a_random_history_deploys_exactly_the_fully_signed_ranges(
     keys: tuple[SshKey, SshKey, Path],
 ) -> None:
     accepted, refused = run_trial(seed, tmp_path, etcd_endpoint, etcd_prefix, keys)
-    print(f"trial {seed}: {accepted} syncs accepted, {refused} refused")  # for long runs (-s)
+    print(f"trial {seed}: {accepted} syncs accepted, {refused} refused")  # for long runs (-s -n 0)
     assert accepted + refused == STEPS
