@@ -207,9 +207,8 @@ def test_a_create_whose_key_appeared_meanwhile_conflicts(store: Store) -> None:
 def test_a_fence_that_does_not_hold_writes_nothing_at_all(store: Store) -> None:
     seed(store, ["gone", "web"])
     now = time.time()
-    suspend(store, "web", who="ops", reason="hotfix", until=now + 0.05, now=now)
+    suspend(store, "web", who="ops", reason="hotfix", until=now + 60, now=now)
     store.put(keys.MASTER, "other-leader")
-    time.sleep(0.06)
     actual = read_actual(store)
     before = store.get_prefix("")
     builder = PlanBuilder(actual, commit="c9").create("new").update("web").delete("gone")
@@ -350,9 +349,8 @@ def test_expired_suspensions_are_removed_and_logged(
 ) -> None:
     seed(store, ["web", "db"])
     now = time.time()
-    suspend(store, "web", who="ops", reason="hotfix", until=now + 0.05, now=now)
+    suspend(store, "web", who="ops", reason="hotfix", until=now + 60, now=now)
     suspend(store, "db", who="ops", reason="maintenance", until=None, now=now)
-    time.sleep(0.06)
     actual = read_actual(store)
     builder = PlanBuilder(actual).update("web").leave("db", Action.SUSPENDED)
     builder.expired = ("web",)
@@ -371,17 +369,18 @@ def test_expired_suspensions_are_removed_and_logged(
 def test_a_suspension_renewed_after_planning_is_not_removed(store: Store) -> None:
     seed(store, ["web"])
     now = time.time()
-    suspend(store, "web", who="ops", reason="hotfix", until=now + 0.05, now=now)
-    time.sleep(0.06)
+    suspend(store, "web", who="ops", reason="hotfix", until=now + 60, now=now)
     actual = read_actual(store)
     builder = PlanBuilder(actual).update("web")
     builder.expired = ("web",)
-    suspend(store, "web", who="ops", reason="longer", until=now + 3600, now=time.time())
+    suspend(store, "web", who="ops", reason="longer", until=now + 3600, now=now + 1)
 
     with pytest.raises(ConflictError, match="removing expired suspensions"):
         apply_plan(store, builder.build(), actual.inventory, fence=None, suspended=actual.suspended)
     # without the planned revisions the suspension is read again and found still running
-    result = apply_plan(store, builder.build(), actual.inventory, fence=None)
+    result = apply_plan(
+        store, builder.build(), actual.inventory, fence=None, clock=lambda: now + 61
+    )
 
     assert result.resumed == ()
     assert store.get(keys.suspended_key("web")) is not None
@@ -390,12 +389,13 @@ def test_a_suspension_renewed_after_planning_is_not_removed(store: Store) -> Non
 def test_without_the_planned_suspensions_expired_ones_are_read_again(store: Store) -> None:
     actual = seed(store, ["web"])
     now = time.time()
-    suspend(store, "web", who="ops", reason="hotfix", until=now + 0.05, now=now)
-    time.sleep(0.06)
+    suspend(store, "web", who="ops", reason="hotfix", until=now + 60, now=now)
     builder = PlanBuilder(read_actual(store), commit="c1").unchanged("web")
     builder.expired = ("web", "never-suspended")
 
-    result = apply_plan(store, builder.build(), actual.inventory, fence=None)
+    result = apply_plan(
+        store, builder.build(), actual.inventory, fence=None, clock=lambda: now + 61
+    )
 
     assert result.resumed == ("web",)
     assert store.get_prefix(keys.SUSPENDED) == []
@@ -425,26 +425,18 @@ def test_an_inventory_too_big_for_etcd_stops_the_apply_before_any_write(store: S
 
 @pytest.mark.slow
 @pytest.mark.parametrize("batch", [64, 126])
-def test_ten_thousand_units_are_applied_quickly(store: Store, batch: int) -> None:
+def test_ten_thousand_units_are_applied_in_batches(store: Store, batch: int) -> None:
+    """Correctness at scale; how long it takes is measured by bench/repo_sync.py."""
     actual = read_actual(store)
     builder = PlanBuilder(actual)
     for i in range(10_000):
         builder.create(f"svc-{i:05d}")
     plan = builder.build()
 
-    started = time.perf_counter()
     result = apply_plan(store, plan, None, fence=None, batch=batch)
-    elapsed = time.perf_counter() - started
 
-    started = time.perf_counter()
     again = read_actual(store)
-    read_elapsed = time.perf_counter() - started
     assert len(again.units) == 10_000
     assert again.inventory is not None and len(again.inventory.units) == 10_000
     assert result.created == 10_000
-    print(
-        f"\napply of 10,000 creates, batch {batch}: {elapsed:.2f} s in {result.batches} txns; "
-        f"read_actual: {read_elapsed:.2f} s; inventory "
-        f"{len(store.get(keys.INVENTORY).value)} bytes"  # type: ignore[union-attr]
-    )
-    assert elapsed < 5.0  # generous for CI; the number printed is what is reported
+    assert result.batches >= 10_000 // batch

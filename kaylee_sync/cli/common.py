@@ -142,7 +142,7 @@ def etcd_options(func: F) -> F:
         click.option(
             "--etcd-prefix",
             envvar="KAYLEE_ETCD_PREFIX",
-            default="/kaylee2",
+            default=EtcdSettings.prefix,
             show_default=True,
             help="A keyspace for unit data in etcd.",
         ),
@@ -178,7 +178,7 @@ def etcd_options(func: F) -> F:
             "--etcd-timeout",
             envvar="KAYLEE_ETCD_TIMEOUT",
             type=Seconds(min=0.1, max=3600),
-            default=5.0,
+            default=EtcdSettings.timeout,
             show_default=True,
             help="Seconds to wait for etcd before giving up.",
         ),

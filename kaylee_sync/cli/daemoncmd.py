@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,15 +25,11 @@ from kaylee_sync.cli.trustopts import feedback_settings_from, signature_policy_f
 from kaylee_sync.cli.values import Seconds
 from kaylee_sync.daemon.daemon import Daemon, DaemonSettings
 from kaylee_sync.daemon.logs import register_secret, setup_logging
-from kaylee_sync.election import lead_once, make_identity
-from kaylee_sync.errors import KayleeError
-from kaylee_sync.feedback import Feedback
+from kaylee_sync.daemon.oneshot import run_once
 from kaylee_sync.fleet.model import DEFAULT_KEY_PREFIX
-from kaylee_sync.fleet.protocol import FleetClient
-from kaylee_sync.scheduler.runner import Scheduler
 from kaylee_sync.source import GitSource
 from kaylee_sync.store import Store
-from kaylee_sync.sync.syncer import Syncer, SyncSettings
+from kaylee_sync.sync.syncer import SyncSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("kaylee_sync")
@@ -44,7 +40,7 @@ def daemon_options(func: F) -> F:
         click.option(
             "--interval",
             type=Seconds(min=0.1, max=86400),
-            default=30.0,
+            default=DaemonSettings.interval,
             show_default=True,
             help="Seconds between polls of the repository (10 % jitter).",
         ),
@@ -58,7 +54,7 @@ def daemon_options(func: F) -> F:
         ),
         click.option(
             "--listen",
-            default="127.0.0.1:9420",
+            default=DaemonSettings.listen,
             show_default=True,
             help="HTTP listener for /healthz, /readyz, /metrics and /hooks/git ('' = off).",
         ),
@@ -143,28 +139,5 @@ def run_daemon(params: dict[str, Any]) -> None:
         if fleet is not None:
             stack.callback(fleet.close)
         if params["once"]:
-            sys.exit(_once(source, store, fleet, settings))
+            sys.exit(run_once(source, store, fleet, settings))
         Daemon(source, store, fleet, settings).run()  # SIGTERM/SIGINT: see daemon.lifecycle
-
-
-def _once(
-    source: GitSource, store: Store, fleet: FleetClient | None, settings: DaemonSettings
-) -> int:
-    """One sync and one scheduler pass, holding leadership for that long (or refusing)."""
-    identity = make_identity()
-    feedback = Feedback(settings.feedback)  # issue 15: statuses and notifications, as a daemon
-    with lead_once(store, identity, max(30, settings.election.lease_ttl)), closing(feedback):
-        result = Syncer(source, store, settings.sync, identity=identity).sync_once()
-        feedback.sync_result(
-            result.commit, ok=result.ok, error=result.error, stage=result.stage, plan=result.plan
-        )
-        if fleet is not None and settings.schedule:
-            try:
-                feedback.rollout(Scheduler(store, fleet, settings.scheduler).run_pass())
-            except KayleeError as exc:
-                log.error("scheduler pass failed: %s", exc)
-                return 1
-    if not result.ok:
-        return 1
-    plan = result.plan
-    return 1 if plan is not None and (plan.problems or plan.prune_refused) else 0

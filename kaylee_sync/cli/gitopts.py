@@ -134,7 +134,7 @@ def source_options(func: F) -> F:
         click.option(
             "--https-username",
             envvar="KAYLEE_HTTPS_USERNAME",
-            default="x-access-token",
+            default=GitCredentials.https_username,
             show_default=True,
             help="User name sent with the token (GitLab wants oauth2).",
         ),

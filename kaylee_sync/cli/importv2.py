@@ -23,7 +23,7 @@ from kaylee_sync.errors import FleetError, KayleeError, SpecError, UsageError
 from kaylee_sync.fleet.etcd2 import Etcd2Client
 from kaylee_sync.fleet.registry import RegistryDriver
 from kaylee_sync.render import parse_unit_name
-from kaylee_sync.settings import check_endpoint, with_scheme
+from kaylee_sync.settings import EtcdSettings, check_endpoint, with_scheme
 from kaylee_sync.source.localfile import load_unit_file
 from kaylee_sync.spec import parse_stored, spec_hash6, spec_to_dict, to_json
 
@@ -41,7 +41,12 @@ class ImportFailed(KayleeError):
     metavar="ENDPOINTS",
     help="The etcd holding the Go Kaylee's v2 keys (URLs or host:port, comma-separated).",
 )
-@click.option("--prefix", default="/kaylee2", show_default=True, help="The Go Kaylee's prefix.")
+@click.option(
+    "--prefix",
+    default=EtcdSettings.DEFAULT_PREFIX,
+    show_default=True,
+    help="The Go Kaylee's prefix.",
+)
 @click.option(
     "--fleet-prefix",
     envvar=FLEET_PREFIX_VARS,

@@ -1,9 +1,8 @@
 """``kaylee-sync plan`` and ``kaylee-sync apply``: the dry run, and applying exactly it.
 
 ``plan`` never writes. ``plan --out FILE`` saves the plan together with the ref it
-resolved; ``apply FILE`` re-resolves that ref and re-reads etcd and refuses if either the
-commit or the planned keys moved since (Nomad's check-index): what a reviewer approved is
-what gets applied, or nothing is.
+resolved; ``apply FILE`` applies exactly that plan or nothing
+(:mod:`kaylee_sync.daemon.oneshot` holds the checks).
 """
 
 from __future__ import annotations
@@ -28,21 +27,20 @@ from kaylee_sync.cli.common import (
 from kaylee_sync.cli.gitopts import source_options, source_settings_from
 from kaylee_sync.cli.trustopts import signature_options, signature_policy_from
 from kaylee_sync.cli.values import NewFile
-from kaylee_sync.election import lead_once, make_identity
+from kaylee_sync.daemon.oneshot import apply_saved_plan, read_saved_plan
 from kaylee_sync.errors import UsageError
 from kaylee_sync.plan.against import actual_from_desired
 from kaylee_sync.plan.compute import make_plan, short_commit
 from kaylee_sync.plan.model import Plan
-from kaylee_sync.plan.output_json import plan_from_json, plan_to_json
+from kaylee_sync.plan.output_json import plan_to_json
 from kaylee_sync.plan.output_markdown import render_markdown
 from kaylee_sync.plan.output_text import render_text
 from kaylee_sync.plan.prune import DEFAULT_MAX_PRUNE, DEFAULT_MAX_PRUNE_PERCENT
 from kaylee_sync.plan.summary import plan_exit_code, prune_lines
 from kaylee_sync.source import GitSource
 from kaylee_sync.source.signatures import verify_commits
-from kaylee_sync.store import Compare, Store, keys
+from kaylee_sync.store import Store
 from kaylee_sync.sync.actual import read_actual
-from kaylee_sync.sync.apply import apply_plan
 from kaylee_sync.sync.syncer import Syncer, SyncSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -229,56 +227,18 @@ def apply(file: Path, **params: Any) -> None:
       kaylee-sync plan --repo . --out plan.json
       kaylee-sync apply plan.json --repo .
     """
-    try:
-        if not file.is_file():  # /dev/zero or a FIFO would be read forever
-            raise UsageError(f"{file}: not a regular file (a plan saved by 'plan --out')")
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{file}: cannot read the plan: {exc}") from exc
-    if not isinstance(document, dict):
-        raise UsageError(f"{file}: not a kaylee-sync plan")
-    ref = document.pop("ref", None)
-    document.pop("made_at", None)
-    saved = plan_from_json(document, source=str(file))
-    if saved.against != "etcd":
-        raise UsageError(f"{file}: a plan made --against {saved.against} cannot be applied")
-    if any(u.blob.startswith("worktree:") for u in saved.desired.units.values()):
-        raise UsageError(f"{file}: a --worktree plan shows uncommitted files; commit them first")
+    saved = read_saved_plan(file)
     with GitSource(source_settings_from(params)) as source:
-        if source.local_path is None and not params["no_fetch"]:
-            source.fetch()
-        commit = source.resolve(ref)
-        if commit != saved.desired.commit:
-            raise UsageError(
-                f"{file}: {ref or source.branch} moved from {short_commit(saved.desired.commit)} "
-                f"to {short_commit(commit)} since the plan was made; run plan again"
-            )
-        policy = signature_policy_from(params)
-        if policy is not None:  # issue 15; the state_index check below covers a race
-            with Store(etcd_settings_from(params)) as store:
-                inventory = read_actual(store).inventory
-            base = inventory.commit if inventory is not None else None
-            verify_commits(source.git_commands(), policy, base, commit)
-    identity = make_identity()
-    with Store(etcd_settings_from(params)) as store, lead_once(store, identity, 30):
-        actual = read_actual(store)
-        if actual.state_index != saved.state_index:
-            raise UsageError(
-                f"{file}: etcd changed since the plan was made (units, inventory or "
-                "suspensions); run plan again"
-            )
-        fence = Compare.value_equals(keys.MASTER, identity)
-        result = apply_plan(
-            store,
+        result = apply_saved_plan(
             saved,
-            actual.inventory,
-            fence=fence,
-            suspended=actual.suspended,
-            prune_hold=actual.prune_hold,
+            source,
+            etcd_settings_from(params),
+            fetch=not params["no_fetch"],
+            signatures=signature_policy_from(params),
         )
-    for line in prune_lines(saved):
+    for line in prune_lines(saved.plan):
         click.echo(line)
     click.echo(
-        f"applied {short_commit(saved.desired.commit)}: {result.created} created, "
+        f"applied {short_commit(saved.plan.desired.commit)}: {result.created} created, "
         f"{result.updated} updated, {result.deleted} deleted"
     )

@@ -20,6 +20,7 @@ from kaylee_sync.cli.gitopts import read_secret_file
 from kaylee_sync.errors import UsageError
 from kaylee_sync.feedback import PROVIDERS, FeedbackSettings, StatusSettings, WebhookSettings
 from kaylee_sync.feedback.outbox import OutboxSettings
+from kaylee_sync.feedback.reporter import STATUS_RATE
 from kaylee_sync.source.credentials import split_url_credentials
 from kaylee_sync.source.signatures import SignaturePolicy
 
@@ -118,7 +119,7 @@ def feedback_options(func: F) -> F:
                 "--commit-status-rate",
                 envvar="KAYLEE_COMMIT_STATUS_RATE",
                 type=click.FloatRange(min=0.01),
-                default=30.0,
+                default=STATUS_RATE * 60,
                 show_default=True,
                 help="Commit status posts per minute at most (bursts of 10). "
                 "Env KAYLEE_COMMIT_STATUS_RATE.",
@@ -140,7 +141,7 @@ def feedback_options(func: F) -> F:
                 "--notify-queue",
                 envvar="KAYLEE_NOTIFY_QUEUE",
                 type=click.IntRange(min=1),
-                default=1000,
+                default=OutboxSettings.capacity,
                 show_default=True,
                 help="Notifications held for retry at most (the oldest is dropped). "
                 "Env KAYLEE_NOTIFY_QUEUE.",
@@ -173,12 +174,14 @@ def feedback_settings_from(params: dict[str, Any]) -> FeedbackSettings:
     if url:
         secret = read_secret_file(params.get("notify_secret_file"), "notification secret")
         webhook = WebhookSettings(url=url, cluster=cluster, secret=secret)
-    rate = params.get("commit_status_rate") or 30.0
+    rate = params.get("commit_status_rate") or STATUS_RATE * 60
     return FeedbackSettings(
         status=status,
         status_outbox=OutboxSettings(rate=rate / 60),
         webhook=webhook,
-        webhook_outbox=OutboxSettings(capacity=params.get("notify_queue") or 1000),
+        webhook_outbox=OutboxSettings(
+            capacity=params.get("notify_queue") or OutboxSettings.capacity
+        ),
     )
 
 

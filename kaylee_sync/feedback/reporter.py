@@ -49,11 +49,15 @@ class UnitDecision(Protocol):
     def hash6(self) -> str: ...
 
 
+#: commit status posts per second at most, per cluster (30 a minute; bursts of 10)
+STATUS_RATE = 0.5
+
+
 @dataclass(frozen=True)
 class FeedbackSettings:
     status: StatusSettings | None = None
     """Commit statuses to the Git host; None: none posted."""
-    status_outbox: OutboxSettings = field(default_factory=lambda: OutboxSettings(rate=0.5))
+    status_outbox: OutboxSettings = field(default_factory=lambda: OutboxSettings(rate=STATUS_RATE))
     """Default 0.5 posts/s (burst 10): a tenth of GitHub's 5,000 requests an hour."""
     webhook: WebhookSettings | None = None
     """Notifications; None: none sent."""

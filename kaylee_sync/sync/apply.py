@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kaylee_sync.errors import ConflictError, StoreError, UsageError
@@ -77,13 +77,14 @@ def apply_plan(
     batch: int = 64,
     suspended: Mapping[str, Suspension] | None = None,
     prune_hold: PruneHold | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> ApplyResult:
     """Write ``plan`` to etcd (see the module docstring for the order and the guards).
 
     ``old_inventory`` is the inventory the plan was made against (``ActualState.inventory``)
     and ``suspended`` its suspensions (``ActualState.suspended``): expired ones are
     removed only if unchanged since that read. Without ``suspended`` they are read again
-    here and removed only if still expired now. ``prune_hold`` is the hold the plan was
+    here and removed only if still expired at ``clock()``. ``prune_hold`` is the hold the plan was
     made against (``ActualState.prune_hold``): it is replaced or deleted only if
     unchanged since.
 
@@ -109,7 +110,7 @@ def apply_plan(
     if held is not None and held != prune_hold:
         op = Op.put(keys.PRUNE_HOLD, encode_hold(held), guard=_hold_guard(prune_hold))
         txns += _run("recording the prune hold", store, [op], fence, batch)
-    resumed, ran = _remove_expired(store, plan.expired_suspensions, suspended, fence, batch)
+    resumed, ran = _remove_expired(store, plan.expired_suspensions, suspended, fence, batch, clock)
     txns += ran
     revision = plan.inventory_revision
     if interim_value is not None:
@@ -248,6 +249,7 @@ def _remove_expired(
     suspended: Mapping[str, Suspension] | None,
     fence: Compare | None,
     batch: int,
+    clock: Callable[[], float],
 ) -> tuple[tuple[str, ...], int]:
     """Delete the expired suspensions (each only if unchanged): (names removed, txns run)."""
     ops: list[Op] = []
@@ -259,7 +261,7 @@ def _remove_expired(
             revision = seen.mod_revision if seen is not None else 0
         else:
             stored = store.get(key)
-            still = stored is not None and decode_suspension(stored.value, key).expired(time.time())
+            still = stored is not None and decode_suspension(stored.value, key).expired(clock())
             revision = stored.mod_revision if stored is not None and still else 0
         if revision > 0:
             ops.append(Op.delete(key, guard=Compare.mod_revision_equals(key, revision)))

@@ -164,6 +164,7 @@ class Syncer:
                 batch=self.settings.batch,
                 suspended=actual.suspended,
                 prune_hold=actual.prune_hold,
+                clock=self.clock,
             )
         except ConflictError as exc:
             if not self.is_leader():
