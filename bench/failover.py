@@ -27,11 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from bench.common import Measurement, bench_main, private_etcd, progress
+from bench.fixtures import wait_for
 from kaylee_sync.fleet.etcd2 import Etcd2Client
 from kaylee_sync.fleetsim.registry import unit_state
 from kaylee_sync.render import render_units
@@ -39,7 +38,6 @@ from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.spec import App, UnitSpec, to_json
 from kaylee_sync.store import Store
 
-T = TypeVar("T")
 FLEET_PREFIX = "/_coreos.com/fleet/"
 MACHINE = "0" * 31 + "1"
 PROBE = UnitSpec(name="probe", apps=(App("docker://probe:1"),))
@@ -50,16 +48,6 @@ SETTLE = 1.0  # seconds a new standby gets to open its watch on master after sta
 def kaylee() -> str:
     script = Path(sys.executable).parent / "kaylee"
     return str(script) if script.exists() else "kaylee"
-
-
-def wait_for(what: str, predicate: Callable[[], T | None], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise SystemExit(f"benchmark setup failed: no {what} within {timeout:.0f} s")
 
 
 class Servers:
@@ -79,7 +67,7 @@ class Servers:
         with open(log, "wb") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         self.procs[proc.pid] = proc
-        wait_for("server start", lambda: b"waiting to become leader" in log.read_bytes())
+        wait_for("server start", lambda: b"waiting to become leader" in log.read_bytes(), 30)
         time.sleep(SETTLE)
         return proc
 
@@ -137,8 +125,8 @@ def run(args: argparse.Namespace) -> list[Measurement]:
             unit = render_units(PROBE)[0]
             store.put_unit(PROBE.name, to_json(PROBE))
             servers.start()
-            wait_for("leader", store.leader)
-            wait_for("probe unit", lambda: fleet.get(FLEET_PREFIX + f"job/{unit.name}/object"))
+            wait_for("leader", store.leader, 30)
+            wait_for("probe unit", lambda: fleet.get(FLEET_PREFIX + f"job/{unit.name}/object"), 30)
             state = unit_state("loaded", "active", "running", MACHINE, unit.hash)
             fleet.set(FLEET_PREFIX + f"states/{unit.name}/{MACHINE}", state)
             servers.start()  # the standby

@@ -20,31 +20,23 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.store import Store
+from tests import polling
+from tests.gitrepo import GIT_ENV as TEST_GIT_ENV
 
 T = TypeVar("T")
 UNIT_DIR = "units"
 PER_DIR = 8  # unit files per team directory
 _KINDS = ("web", "api", "worker", "cache", "agent", "db", "cron", "proxy")
 
-# Git with a fixed identity and none of the developer's configuration (hooks, signing,
-# fsmonitor): the benchmark measures kaylee-sync, not someone's ~/.gitconfig.
-GIT_ENV = {
-    **os.environ,
-    "GIT_AUTHOR_NAME": "Bench",
-    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-    "GIT_COMMITTER_NAME": "Bench",
-    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_TERMINAL_PROMPT": "0",
-}
+# Git with the test kit's fixed identity and none of the developer's configuration (hooks,
+# signing, fsmonitor): the benchmark measures kaylee-sync, not someone's ~/.gitconfig.
+GIT_ENV = {**os.environ, **TEST_GIT_ENV}
 
 
 def unit_name(i: int) -> str:
@@ -168,15 +160,12 @@ def store_at(endpoint: str, prefix: str = "/kaylee2", timeout: float = 30.0) -> 
 
 
 def wait_for(what: str, predicate: Callable[[], T | None], timeout: float, step: float = 0.01) -> T:
-    """Poll ``predicate`` until it returns something truthy; stop the benchmark if not."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise SystemExit(f"benchmark failed: no {what} within {timeout:.0f} s")
-        time.sleep(step)
+    """Poll ``predicate`` until it returns something truthy (the test kit's polling); stop
+    the benchmark with one line if it does not."""
+    try:
+        return polling.wait_for(predicate, timeout, what, step)
+    except AssertionError as exc:
+        raise SystemExit(f"benchmark failed: {exc}") from None
 
 
 def console_script(name: str) -> str:

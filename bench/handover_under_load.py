@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from bench.common import Measurement, bench_main, private_etcd, progress
-from bench.failover import kaylee, wait_for
+from bench.failover import kaylee
+from bench.fixtures import wait_for
 from kaylee_sync.fleet.etcd2 import Etcd2Client
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.spec import App, UnitSpec, to_json

@@ -117,7 +117,8 @@ def test_suspend_refuses_a_bad_duration_or_an_empty_reason(
 def test_a_suspension_for_one_second_ends_by_itself_at_the_next_sync(
     source: GitSource, store: Store, etcd_args: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    syncer = Syncer(source, store)
+    later = [0.0]  # seconds the syncer's clock runs ahead of the suspension's
+    syncer = Syncer(source, store, clock=lambda: time.time() + later[0])
     syncer.sync_once()
     hotfix = spec("web", "example.com/hotfix:1")
     store.put_unit("web", hotfix)
@@ -127,7 +128,7 @@ def test_a_suspension_for_one_second_ends_by_itself_at_the_next_sync(
     assert syncer.sync_once().counts["suspended"] == 1
     stored = store.get_unit("web")
     assert stored is not None and stored.value.decode() == hotfix
-    time.sleep(1.05)
+    later[0] = 2.0  # past the end of the one-second suspension, without waiting for it
     with caplog.at_level(logging.INFO):
         result = syncer.sync_once()
     assert result.ok and result.applied is not None and result.applied.resumed == ("web",)

@@ -23,10 +23,13 @@ from kaylee_sync.embedded_etcd import EmbeddedEtcd
 from kaylee_sync.errors import StoreUnavailable
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.store import MASTER, Store
+from kaylee_sync.supervise import Heartbeat
 
 # etcd's smallest TTL keeps the suite fast; the margin must stay below TTL - 1.1 * TTL/3.
 FAST = ElectionSettings(lease_ttl=2, safety_margin=0.5)
 SLOWER = ElectionSettings(lease_ttl=3, safety_margin=1.0)
+# A TTL and a poll interval (10 s) no handover through the watch comes near on any machine
+PATIENT = ElectionSettings(lease_ttl=30, safety_margin=2.0)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -60,6 +63,17 @@ class Candidate:
     def __init__(self, election: Election, calls: Callbacks) -> None:
         self.election = election
         self.calls = calls
+        # the election loop's heartbeat: beats twice a round (at its start, and with the
+        # wait before the next round), so a test can wait for rounds instead of sleeping
+        self.beats = election.heartbeat = Heartbeat("election", stuck_after=60)
+
+    def standing_by(self) -> bool:
+        """Lost a campaign and waits, watching ``master`` (set before the campaign)."""
+        return self.beats.count >= 2 and not self.election.is_leader
+
+    def rounds_from(self, count: int, rounds: int) -> Callable[[], bool]:
+        """True once ``rounds`` more rounds have begun since the heartbeat showed ``count``."""
+        return lambda: self.beats.count >= count + 2 * rounds
 
 
 @pytest.fixture
@@ -93,9 +107,10 @@ def candidate(open_store: Callable[..., Store]) -> Iterator[Callable[..., Candid
             **kwargs,
         )  # fmt: skip
         made.append(election)
+        made_candidate = Candidate(election, calls)  # its heartbeat before the loop starts
         if start:
             election.start()
-        return Candidate(election, calls)
+        return made_candidate
 
     yield make
     for election in made:
@@ -156,15 +171,14 @@ def test_two_candidates_elect_exactly_one_leader_holding_master_on_a_lease(
 def test_resigning_leader_hands_over_to_the_standby_at_once(
     candidate: Callable[..., Candidate], open_store: Callable[..., Store]
 ) -> None:
-    a = candidate(SLOWER)
+    a = candidate(PATIENT)
     assert a.calls.elected.wait(5)
-    b = candidate(SLOWER)
-    time.sleep(0.2)  # b is standing by, watching master
-    resigned = time.monotonic()
+    b = candidate(PATIENT)
+    assert wait_until(b.standing_by, 10)  # b is standing by, watching master
     a.election.resign()
     a.election.resign()  # idempotent
-    assert b.calls.elected.wait(SLOWER.lease_ttl)
-    assert b.calls.elected_at[0] - resigned < 0.5  # no TTL wait, no poll wait: the watch
+    assert b.calls.elected.wait(PATIENT.keepalive_interval / 2)
+    # no TTL wait, no poll wait (both ten seconds or more here): the watch woke b
     assert a.calls.lost_at and a.calls.lost_at[0] <= b.calls.elected_at[0]
     assert len(a.calls.lost_at) == 1 and not a.election.is_leader
     assert current_leader(open_store()) == b.election.identity
@@ -176,7 +190,7 @@ def test_crashed_leader_is_replaced_when_its_lease_expires(
     a = candidate()
     assert a.calls.elected.wait(5)
     b = candidate()
-    time.sleep(0.2)
+    assert wait_until(b.standing_by, 10)
     crashed = time.monotonic()
     a.election._crash()  # stops renewing; revokes nothing, like kill -9
     assert b.calls.elected.wait(FAST.lease_ttl + 1)
@@ -219,8 +233,7 @@ def test_killed_leader_process_is_replaced_within_the_ttl(
             ready, _, _ = select.select([child.stdout], [], [], 30)
             assert ready and child.stdout.readline().strip() == "LEADER"
             parent = candidate()
-            time.sleep(0.3)
-            assert not parent.election.is_leader
+            assert wait_until(parent.standing_by, 10)
             assert current_leader(open_store()) == child_id
             killed = time.monotonic()
             os.kill(child.pid, signal.SIGKILL)
@@ -259,7 +272,8 @@ def test_leader_steps_down_before_its_lease_expires_when_etcd_goes_away(
         last_ok = max(start for start, ok in renewals if ok)
         assert a.calls.lost_at[0] - last_ok < SLOWER.lease_ttl - 0.5
         assert not a.election.is_leader
-        time.sleep(0.6)  # a few failed campaigns: logged, retried, thread alive
+        # a few failed campaigns: logged, retried, thread alive
+        assert wait_until(a.rounds_from(a.beats.count, 3), 10)
     assert a.election._thread is not None and a.election._thread.is_alive()
     records = [r for r in caplog.records if r.name == "kaylee_sync.election"]
     assert any("lost leadership" in r.getMessage() for r in records)
@@ -364,7 +378,7 @@ def test_deleting_master_by_hand_deposes_the_leader_and_one_leader_remains(
     a = candidate()
     assert a.calls.elected.wait(5)
     b = candidate()
-    time.sleep(0.2)
+    assert wait_until(b.standing_by, 10)
     store = open_store()
     assert store.delete(MASTER)
     assert a.calls.lost.wait(FAST.keepalive_interval * 1.1 + 0.5)

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,7 +181,9 @@ def handover_mid_rollout(fleet: Fleet, how: signal.Signals) -> None:
         )
 
     wait_for(finished, 40, "the standby to finish both rollouts")
-    time.sleep(0.6)  # a few more samples: nothing may move once the rollout is done
+    # a few more samples: nothing may move once the rollout is done
+    seen = len(fleet.samples)
+    wait_for(lambda: len(fleet.samples) >= seen + 5, 20, "five more samples")
     end = fleet.snapshot()
     fleet._stop.set()
     fleet._sampler.join(5)

@@ -64,6 +64,14 @@ def running(
         assert not thread.is_alive(), "the daemon did not stop"
 
 
+def worker_rounds(daemon: Daemon, rounds: int) -> Callable[[], bool]:
+    """True once the daemon's worker (sync as leader, fetch as standby) went round
+    ``rounds`` more times from now: its heartbeat beats twice a round."""
+    (beat,) = [b for b in daemon.loops.heartbeats() if b.name == "sync"]
+    start = beat.count
+    return lambda: beat.count >= start + 2 * rounds
+
+
 def first_sync(daemon: Daemon, timeout: float = 10.0) -> None:
     wait_for(lambda: daemon.last_result is not None and daemon.last_result.ok, timeout)
 
@@ -173,13 +181,14 @@ def test_probes_metrics_and_a_signed_webhook_on_the_http_listener(
         body = b'{"ref": "refs/heads/main"}'
         bad = httpx.post(url + "/hooks/git", content=body, headers=signed(body, "wrong"))
         assert bad.status_code == 401
-        time.sleep(0.5)
+        wait_for(worker_rounds(daemon, 2), timeout=10)  # what it might have queued is served
         assert image_of(store, "web") == spec("web", "example.com/web:1")
 
         started = time.monotonic()
         good = httpx.post(url + "/hooks/git", content=body, headers=signed(body))
         assert good.status_code == 202
-        wait_for(lambda: image_of(store, "web") == spec("web", "example.com/web:2"), timeout=3)
+        # well before the next poll (60 s): the webhook brought it
+        wait_for(lambda: image_of(store, "web") == spec("web", "example.com/web:2"), timeout=30)
         print(f"\nwebhook: accepted → etcd in {(time.monotonic() - started) * 1000:.0f} ms")
         samples = scrape(url)
         assert samples[("kaylee_sync_last_synced_commit_info", (("commit", pushed),))] == 1
@@ -289,7 +298,9 @@ def test_two_daemons_on_one_repository_exactly_one_syncs(
             repo.commit(f"web {n}")
             want = spec("web", f"example.com/web:{n}")
             wait_for(lambda want=want: image_of(store, "web") == want)  # type: ignore[misc]
-        time.sleep(0.7)  # a few polls for both
+        # a few more rounds of both workers (a poll every 0.3 s), then only the leader synced
+        wait_for(worker_rounds(a, 3), timeout=10)
+        wait_for(worker_rounds(b, 3), timeout=10)
         status = read_status(store)
         assert status is not None and status.attempt.leader == leader == store.leader()
         (standby,) = [d for d in (a, b) if d.identity != leader]
