@@ -297,7 +297,7 @@ def test_run_wait_gives_up_when_no_server_leads(etcd_settings, tmp_path):
         )
     assert not outcome.ok
     assert outcome.message.startswith("no kaylee server is leading")
-    assert outcome.elapsed < 2
+    assert outcome.elapsed < 4  # said at the grace of 0.3 s, not at the timeout of 5 s
     assert (
         out.getvalue()
         .splitlines()[0]

@@ -229,7 +229,7 @@ def test_a_body_over_the_limit_is_413_before_it_is_sent(
         + b"\r\n\r\n",
     )
     assert answer.startswith(b"HTTP/1.0 413 ")
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0  # not after the 10 s read timeout
     assert queue.wait(0) is None
 
 
@@ -314,7 +314,7 @@ def test_a_silent_client_is_dropped_after_the_timeout(make_server: ServerFactory
         sock.sendall(b"POST /hooks/git HTTP/1.1\r\n")  # …and then nothing
         assert sock.recv(65536) == b""  # the server hung up
         elapsed = time.monotonic() - started
-    assert 0.25 <= elapsed < 2.0
+    assert 0.25 <= elapsed < 4.0  # at the 0.3 s timeout, not at the client's 5 s
 
 
 def test_requests_are_logged_at_debug_without_headers_or_query(

@@ -209,7 +209,7 @@ def test_stop_is_prompt_and_leaves_no_machines_behind(
     cluster.wait_until(lambda: client.get(f"{prefix}machines/{M3}/object"), 5)
     started = time.monotonic()
     cluster.stop()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 4.0  # not after an agent's 5 s interval
     machines = client.get(f"{prefix}machines", recursive=True)
     assert machines is not None and not any(n.name == "object" for n in machines.walk())
 

@@ -186,7 +186,7 @@ def test_billion_laughs_fails_fast() -> None:
     bomb = ("\n".join(lines) + "\nname: x\napps: [{image: x}]\n").encode()
     start = time.perf_counter()
     result = issues(bomb)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 5  # 10**9 expanded nodes would take hours
     assert len(result) == 1
     assert result[0].endswith(": YAML aliases expand to too many nodes")
 
