@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kaylee_sync.embedded_etcd import EmbeddedEtcd, free_port
 from kaylee_sync.errors import ConflictError, StoreError, StoreUnavailable, UsageError
@@ -23,6 +25,7 @@ from kaylee_sync.store import (
     rollout_key,
     suspended_key,
 )
+from kaylee_sync.store.txn import packed
 
 
 def test_unit_put_get_delete_round_trip(store: Store) -> None:
@@ -322,3 +325,34 @@ def test_watch_on_a_server_that_dies_raises_store_unavailable(tmp_path: Path) ->
     finally:
         cancel()
         store.close()
+
+
+@given(
+    st.lists(
+        st.lists(st.integers(min_value=0, max_value=40_000), min_size=0, max_size=4),
+        max_size=60,
+    ),
+    st.integers(min_value=1, max_value=127),
+    st.integers(min_value=0, max_value=1024),
+)
+def test_packed_chunks_keep_groups_whole_and_within_ops_and_bytes(
+    sizes: list[list[int]], size: int, key_bytes: int
+) -> None:
+    """Every op lands once, in order; a group is never split; a chunk of more than one
+    group stays within the op count and the byte budget (the budget set low here)."""
+    budget = 100_000
+    groups = [
+        [Op.put(f"units/g{g}-{i}", b"v" * n, guard=Compare.missing(f"units/g{g}-{i}"))
+         for i, n in enumerate(group)]
+        for g, group in enumerate(sizes)
+    ]  # fmt: skip
+    chunks = packed(groups, size, budget, key_bytes)
+    assert [op for chunk in chunks for op in chunk] == [op for group in groups for op in group]
+    for chunk in chunks:
+        keys_in = {op.key.split("-")[0] for op in chunk}
+        whole = [g for g in groups if g and g[0].key.split("-")[0] in keys_in]
+        assert sum(len(g) for g in whole) == len(chunk)  # only whole groups
+        if len(whole) > 1:
+            assert len(chunk) <= size
+            cost = sum(2 * (len(op.key) + key_bytes + 64) + len(op.value) for op in chunk)
+            assert cost <= budget

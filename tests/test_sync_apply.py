@@ -440,3 +440,19 @@ def test_ten_thousand_units_are_applied_in_batches(store: Store, batch: int) -> 
     assert again.inventory is not None and len(again.inventory.units) == 10_000
     assert result.created == 10_000
     assert result.batches >= 10_000 // batch
+
+
+def test_big_unit_values_are_split_below_etcds_request_limit(store: Store) -> None:
+    """64 units of 30 KB each are 1.9 MB: more than etcd takes in one request (1.5 MiB).
+    A unit file may be that large (many environment variables), and a batch of them must
+    not make every sync fail."""
+    actual = read_actual(store)
+    builder = PlanBuilder(actual)
+    for i in range(64):
+        builder.create(f"big-{i:02d}", "example.com/app:" + "x" * 30_000)
+
+    result = apply_plan(store, builder.build(), None, fence=None)
+
+    assert result.created == 64
+    assert len(store.get_prefix(keys.UNITS)) == 64
+    assert result.batches > 2  # the creates took more than one transaction

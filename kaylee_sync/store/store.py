@@ -275,7 +275,13 @@ class Store:
             if op.key in seen:
                 raise ValueError(f"{op.key} appears twice in one batched apply")
             seen.add(op.key)
-        chunks = batches(list(ops), batch) if groups is None else packed(groups, batch)
+        # every batch also stays below etcd's request size: a batch of large unit values
+        # would otherwise be refused whole, at every sync
+        extra = len(self.prefix.encode()) + 1
+        if groups is None:
+            chunks = batches(list(ops), batch, key_bytes=extra)
+        else:
+            chunks = packed(groups, batch, key_bytes=extra)
         for number, chunk in enumerate(chunks, start=1):
             guards = [op.guard for op in chunk if op.guard is not None]
             compares = ([fence] if fence is not None else []) + guards

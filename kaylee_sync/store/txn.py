@@ -16,6 +16,12 @@ from typing import Literal
 
 # etcd's default --max-txn-ops: the most compares, and the most success ops, in one txn.
 ETCD_MAX_TXN_OPS = 128
+# etcd's default --max-request-bytes (1.5 MiB): a larger request is refused whole.
+ETCD_MAX_REQUEST_BYTES = 1536 * 1024
+# What one batch may carry: etcd's limit less room for the fence and the framing of the
+# request itself; each op is counted with its full keys and framing (see _cost).
+TXN_BYTES = ETCD_MAX_REQUEST_BYTES - 64 * 1024
+OP_OVERHEAD = 64  # bytes of protobuf framing per op and per compare, generously
 
 
 def _to_bytes(value: str | bytes) -> bytes:
@@ -84,20 +90,37 @@ class Op:
         return cls("delete", key, b"", None, guard)
 
 
-def batches(ops: list[Op], size: int) -> list[list[Op]]:
-    """Split ``ops`` into consecutive chunks of at most ``size`` (no empty chunk)."""
-    return [ops[i : i + size] for i in range(0, len(ops), size)]
+def _cost(op: Op, key_bytes: int) -> int:
+    """Bytes ``op`` adds to a request: its key (and its guard's), value and framing;
+    ``key_bytes`` is what the store adds to every key (its prefix)."""
+    keys = 2 if op.guard is not None else 1
+    return keys * (len(op.key.encode()) + key_bytes + OP_OVERHEAD) + len(op.value)
 
 
-def packed(groups: Sequence[Sequence[Op]], size: int) -> list[list[Op]]:
-    """Consecutive chunks of at most ``size`` ops that never split a group (a group
-    larger than ``size`` is a chunk of its own): ops that must land together."""
+def batches(
+    ops: list[Op], size: int, max_bytes: int = TXN_BYTES, key_bytes: int = 0
+) -> list[list[Op]]:
+    """Split ``ops`` into consecutive chunks of at most ``size`` ops and ``max_bytes``
+    bytes (no empty chunk; an op larger than ``max_bytes`` is a chunk of its own)."""
+    return packed([[op] for op in ops], size, max_bytes, key_bytes)
+
+
+def packed(
+    groups: Sequence[Sequence[Op]], size: int, max_bytes: int = TXN_BYTES, key_bytes: int = 0
+) -> list[list[Op]]:
+    """Consecutive chunks of at most ``size`` ops and ``max_bytes`` bytes that never split
+    a group (a group larger than either is a chunk of its own): ops that must land
+    together. ``key_bytes``: what the store adds to every key."""
     chunks: list[list[Op]] = []
+    used = 0
     for group in groups:
         if not group:
             continue
-        if chunks and len(chunks[-1]) + len(group) <= size:
+        cost = sum(_cost(op, key_bytes) for op in group)
+        if chunks and len(chunks[-1]) + len(group) <= size and used + cost <= max_bytes:
             chunks[-1].extend(group)
+            used += cost
         else:
             chunks.append(list(group))
+            used = cost
     return chunks

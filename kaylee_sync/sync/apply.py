@@ -45,15 +45,15 @@ from dataclasses import dataclass
 from kaylee_sync.errors import ConflictError, StoreError, UsageError
 from kaylee_sync.plan.model import Action, Inventory, Plan, PlanEntry, PruneHold, Suspension
 from kaylee_sync.store import Compare, Op, Store, keys
+from kaylee_sync.store.txn import ETCD_MAX_REQUEST_BYTES
 from kaylee_sync.sync.inventory import encode_inventory, next_inventory
 from kaylee_sync.sync.prunehold import encode_hold
 from kaylee_sync.sync.suspend import decode_suspension
 
 log = logging.getLogger(__name__)
 
-# etcd's default --max-request-bytes (1.5 MiB), less room for the key, the compares and
-# the protobuf framing of the transaction that carries the inventory.
-ETCD_MAX_REQUEST_BYTES = 1536 * 1024
+# room for the key, the compares and the protobuf framing of the transaction that carries
+# the inventory, within etcd's --max-request-bytes
 _REQUEST_OVERHEAD = 4096  # bytes
 
 
