@@ -1,6 +1,6 @@
 """Benchmark: planning and syncing a repository of 10,000 unit files.
 
-Three numbers, each through the real APIs the daemon uses:
+Four numbers, each through the real APIs the daemon uses:
 
 - **cold plan** (target < 3 s): a new :class:`GitSource` (empty parse cache) reads every
   unit file of the head commit (``desired``), ``read_actual`` reads an empty etcd
@@ -8,8 +8,10 @@ Three numbers, each through the real APIs the daemon uses:
   ``--once`` pays on its first sync. (The OS page cache is warm: git's objects were just
   written; a cold disk adds its own read time.)
 - **full apply** (target < 1 s): ``apply_plan`` of those 10,000 creates to an empty
-  etcd prefix, fenced on ``master`` as the daemon's are — 157 transactions of 64 puts and
+  etcd prefix, fenced on ``master`` as the daemon's are — 79 transactions of 127 puts and
   the inventory, each fsynced by etcd.
+- **full apply / floor** (target ≤ 2×): the full apply against the same values put in
+  transactions of 128 puts with nothing else (no guards, fence or inventory), run by run.
 - **one-file sync** (target < 150 ms): a commit that changes one file, then
   :meth:`Syncer.sync_once` with a warm parse cache and etcd already holding the previous
   commit: resolve, read the tree (one file parsed), read etcd, plan, write one unit and
@@ -36,7 +38,8 @@ from bench.fixtures import UNIT_DIR, UnitRepo, store_at
 from kaylee_sync.plan.compute import make_plan
 from kaylee_sync.plan.model import Action, Plan
 from kaylee_sync.source import GitSource, SourceSettings
-from kaylee_sync.store import Compare, Store, keys
+from kaylee_sync.store import Compare, Op, Store, keys
+from kaylee_sync.store.txn import ETCD_MAX_TXN_OPS
 from kaylee_sync.sync.actual import read_actual
 from kaylee_sync.sync.apply import apply_plan
 from kaylee_sync.sync.syncer import Syncer
@@ -58,6 +61,14 @@ def cold_plan(settings: SourceSettings, store: Store) -> tuple[Plan, dict[str, f
         t3 = time.perf_counter()
     steps.update(desired=t1 - t0, read_actual=t2 - t1, make_plan=t3 - t2)
     return plan, steps
+
+
+def floor(store: Store, values: list[tuple[str, str | None]]) -> None:
+    """The same unit values put in transactions of 128 puts, nothing else: no compares,
+    no fence, no inventory. What writing them costs from Python at the least."""
+    ops = [Op.put(keys.unit_key(name), value or "") for name, value in values]
+    for start in range(0, len(ops), ETCD_MAX_TXN_OPS):
+        store.txn([], ops[start : start + ETCD_MAX_TXN_OPS])
 
 
 def lead(store: Store) -> Compare:
@@ -103,6 +114,14 @@ def run(args: argparse.Namespace) -> list[Measurement]:
             progress(f"full apply {i + 1}/{args.runs}: {t.wall:.3f} s ({batches} transactions)")
             applies.append(t.wall)
 
+        floors = []
+        values = [(e.name, e.new_value) for e in plan.entries if e.action == Action.CREATE]
+        for i in range(args.runs):
+            with store_at(etcd.endpoint, f"/floor-{i}") as store:
+                _, t = timed(lambda: floor(store, values))
+            progress(f"floor {i + 1}/{args.runs}: {t.wall:.3f} s")
+            floors.append(t.wall)
+
         incremental, inventory_bytes = [], 0
         with store_at(etcd.endpoint, "/incremental") as store, GitSource(settings) as source:
             syncer = Syncer(source, store, identity=IDENTITY)
@@ -127,6 +146,9 @@ def run(args: argparse.Namespace) -> list[Measurement]:
                     extra={**size, **split}),
         Measurement(f"full apply ({units:,} units, empty etcd)", tuple(applies),
                     target=target(1.0), extra={**size, "transactions": batches}),
+        Measurement(f"full apply / floor ({units:,} units)",
+                    tuple(a / f for a, f in zip(applies, floors, strict=True)), unit="x",
+                    target=target(2.0), extra={**size, "floor_s": round(median(floors), 3)}),
         Measurement(f"one-file sync ({units:,} units, warm)", tuple(incremental),
                     target=target(0.150), extra={**size, "inventory_bytes": inventory_bytes}),
     ]  # fmt: skip

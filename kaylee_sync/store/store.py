@@ -20,7 +20,7 @@ from kaylee_sync.errors import ConflictError, StoreError, UsageError
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.store import keys
 from kaylee_sync.store.connection import Connection
-from kaylee_sync.store.txn import ETCD_MAX_TXN_OPS, Compare, Op, batches, packed
+from kaylee_sync.store.txn import DEFAULT_BATCH, ETCD_MAX_TXN_OPS, Compare, Op, batches, packed
 from kaylee_sync.store.watching import WatchEvent, open_watch
 
 # Keys per range request. A prefix read in one response stops working past grpc's message
@@ -253,7 +253,7 @@ class Store:
         self,
         ops: Sequence[Op],
         fence: Compare | None,
-        batch: int = 64,
+        batch: int = DEFAULT_BATCH,
         *,
         groups: Sequence[Sequence[Op]] | None = None,
     ) -> int:

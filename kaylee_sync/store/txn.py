@@ -16,6 +16,9 @@ from typing import Literal
 
 # etcd's default --max-txn-ops: the most compares, and the most success ops, in one txn.
 ETCD_MAX_TXN_OPS = 128
+# Ops per transaction by default: the most etcd takes with a guard each and the fence
+# (127 compares + 1). Fewer, larger transactions: each one is an fsync on every member.
+DEFAULT_BATCH = ETCD_MAX_TXN_OPS - 1
 # etcd's default --max-request-bytes (1.5 MiB): a larger request is refused whole.
 ETCD_MAX_REQUEST_BYTES = 1536 * 1024
 # What one batch may carry: etcd's limit less room for the fence and the framing of the

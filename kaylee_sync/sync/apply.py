@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from kaylee_sync.errors import ConflictError, StoreError, UsageError
 from kaylee_sync.plan.model import Action, Inventory, Plan, PlanEntry, PruneHold, Suspension
 from kaylee_sync.store import Compare, Op, Store, keys
-from kaylee_sync.store.txn import ETCD_MAX_REQUEST_BYTES
+from kaylee_sync.store.txn import DEFAULT_BATCH, ETCD_MAX_REQUEST_BYTES
 from kaylee_sync.sync.inventory import encode_inventory, next_inventory
 from kaylee_sync.sync.prunehold import encode_hold
 from kaylee_sync.sync.suspend import decode_suspension
@@ -74,7 +74,7 @@ def apply_plan(
     old_inventory: Inventory | None,
     *,
     fence: Compare | None,
-    batch: int = 64,
+    batch: int = DEFAULT_BATCH,
     suspended: Mapping[str, Suspension] | None = None,
     prune_hold: PruneHold | None = None,
     clock: Callable[[], float] = time.time,

@@ -33,7 +33,7 @@ from kaylee_sync.render import DEFAULT_UNIT_PREFIX
 from kaylee_sync.source import GitSource, redact
 from kaylee_sync.source.signatures import SignaturePolicy, verify_commits
 from kaylee_sync.store import Store, keys
-from kaylee_sync.store.txn import Compare
+from kaylee_sync.store.txn import DEFAULT_BATCH, Compare
 from kaylee_sync.sync.actual import read_actual
 from kaylee_sync.sync.apply import ApplyResult, apply_plan
 from kaylee_sync.sync.status import AttemptRecord, read_status, record_attempt, write_status
@@ -51,8 +51,9 @@ class SyncSettings:
     """``--allow-prune``: lift the prune guard and release a refusal it holds."""
     unit_prefix: str = DEFAULT_UNIT_PREFIX
     """Prefix of fleet unit names, for the plan's fleet-level effects."""
-    batch: int = 64
-    """Operations per etcd transaction (etcd allows 128 including compares)."""
+    batch: int = DEFAULT_BATCH
+    """Operations per etcd transaction (etcd allows 128, and 128 compares: a guard each
+    and the fence); a batch also closes before etcd's request size limit."""
     signatures: SignaturePolicy | None = None
     """Deploy only commits signed by allowed keys (issue 15); None: no check."""
 
