@@ -32,8 +32,8 @@ from kaylee_sync.cli.kaylee import cli as kaylee_cli
 from kaylee_sync.cli.sync import cli as sync_cli
 from kaylee_sync.errors import StoreError
 from kaylee_sync.server import SchedulerServer
-from kaylee_sync.store import Store
-from kaylee_sync.sync.inventory import decode_inventory
+from kaylee_sync.store import Store, StoredValue, keys
+from kaylee_sync.sync.inventory import assemble
 from tests.gitrepo import GitRepo, unit_yaml
 
 INTERNAL_ERROR = 70
@@ -45,6 +45,7 @@ PROGRAMS: dict[str, click.Group] = {"kaylee-sync": sync_cli, "kaylee": kaylee_cl
 # the units, and the inventory may record the refused commit as long as it still owns every
 # unit (compared by the units it lists, below).
 REPORT_KEYS = ("master", "sync/status", "scheduler/rollouts/", "sync/prune-hold")
+INVENTORY_KEYS = ("sync/inventory", "sync/owned/")  # compared by what they mean: owned()
 # Each hostile value reaches each option once: by its flag or, for every other value of an
 # option that has a variable, by that variable (alternating, so both ways meet every kind of
 # value and every option). Both paths convert through the same click type; the variable
@@ -256,21 +257,23 @@ def case_count(*, env: bool) -> int:
 def snapshot(world: World) -> tuple[object, ...]:
     """Everything a refused command must leave alone: its etcd keys and the work dir."""
     everything = world.store.get_prefix("")
+    inventory = [s for s in everything if s.key.startswith(INVENTORY_KEYS)]
     stored = tuple(
-        (s.key, owned(s.value) if s.key.endswith("sync/inventory") else s.value)
-        for s in everything
-        if not s.key.startswith(REPORT_KEYS)
+        [(s.key, s.value) for s in everything if not s.key.startswith(REPORT_KEYS + INVENTORY_KEYS)]
+        + [("sync/inventory (owned units)", owned(inventory))]
     )
     files = tuple(sorted(str(p.relative_to(world.workdir)) for p in world.workdir.rglob("*")))
     return stored, files
 
 
-def owned(inventory: bytes) -> object:
+def owned(inventory: list[StoredValue]) -> object:
     """What an inventory means for safety: the units Git owns (not which commit it names)."""
+    header = next((s for s in inventory if s.key == keys.INVENTORY), None)
     try:
-        return sorted(decode_inventory(inventory, "sync/inventory").units)
+        found = assemble(header, [s for s in inventory if s.key.startswith(keys.OWNED)])
     except StoreError:
-        return inventory
+        return [(s.key, s.value) for s in inventory]
+    return sorted(found.units) if found is not None else None
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")

@@ -1,12 +1,12 @@
 """Every etcd key kaylee reads, filled with garbage: reported, never a crash, never a loss.
 
-For each key (a unit, the inventory, the status, a suspension, a restart generation, the
-leader) and each garbage value, the views that show it (``kaylee-sync status``,
-``kaylee ls``, ``kaylee-sync plan``) and one sync (``kaylee-sync --once``, the daemon's
-sync) must give a one-line error or skip and report — never a traceback, never exit 70,
-never a raw escape sequence from the value on the terminal — and delete nothing. Once
-the key is repaired (or, for a unit, by the sync itself), the next sync converges:
-etcd holds Git's units again and the status says ok.
+For each key (a unit, the inventory's header and a shard, the status, a suspension, a
+restart generation, the leader) and each garbage value, the views that show it
+(``kaylee-sync status``, ``kaylee ls``, ``kaylee-sync plan``) and one sync (``kaylee-
+sync --once``, the daemon's sync) must give a one-line error or skip and report — never
+a traceback, never exit 70, never a raw escape sequence from the value on the terminal —
+and delete nothing. Once the key is repaired (or, for a unit, by the sync itself), the
+next sync converges: etcd holds Git's units again and the status says ok.
 
 The counts of cases run are recorded in docs/reliability.md ("Hostile input").
 """
@@ -22,6 +22,7 @@ from click.testing import CliRunner, Result
 from kaylee_sync.cli.kaylee import cli as kaylee_cli
 from kaylee_sync.cli.sync import cli as sync_cli
 from kaylee_sync.store import Store, keys
+from kaylee_sync.sync.inventory import shard_of
 from tests.gitrepo import GitRepo, unit_json, unit_yaml
 
 INTERNAL_ERROR = 70
@@ -48,7 +49,11 @@ def suspension_doc(**fields: object) -> bytes:
 
 SPECIFIC: dict[str, list[bytes]] = {
     keys.unit_key("web"): [b'{"name":"web","replicas":1e400}', b'{"name":"other"}'],
-    keys.INVENTORY: [b'{"v":1,"files":null}', b'{"v":99}'],
+    keys.INVENTORY: [b'{"v":1,"files":null}', b'{"v":99}', b'{"v":2,"repo":"r"}'],
+    keys.owned_key(shard_of("web")): [
+        b'{"v":2,"path":"units","units":{"api":"x"}}',  # a unit in the wrong shard
+        b'{"v":2,"path":"units","units":{"web":null}}', b'{"v":1}',
+    ],
     keys.STATUS: [
         status_doc(time=1e300), status_doc(time=float("nan")), status_doc(time=-1),
         status_doc(time="soon"), status_doc(duration_seconds=float("inf")),

@@ -10,7 +10,7 @@ from kaylee_sync.errors import StoreError
 from kaylee_sync.plan.model import Inventory, InventoryEntry
 from kaylee_sync.store import Store, keys
 from kaylee_sync.sync.actual import read_actual
-from kaylee_sync.sync.inventory import encode_inventory
+from kaylee_sync.sync.inventory import encode_inventory, shard_of
 from kaylee_sync.sync.suspend import suspend
 
 INVENTORY = Inventory("repo", "main", "units", "c1", {"web": InventoryEntry("units/web.yaml", "b")})
@@ -29,7 +29,9 @@ def test_an_empty_keyspace_is_an_empty_state(store: Store) -> None:
 
 def test_units_inventory_and_suspensions_are_read_with_their_revisions(store: Store) -> None:
     web_rev = store.put_unit("web", '{"name":"web"}')
-    inv_rev = store.put(keys.INVENTORY, encode_inventory(INVENTORY))
+    values = encode_inventory(INVENTORY)  # the header and web's shard
+    shard_rev = store.put(keys.owned_key(shard_of("web")), values[keys.owned_key(shard_of("web"))])
+    inv_rev = store.put(keys.INVENTORY, values[keys.INVENTORY])
     paused = suspend(store, "db", who="ops", reason="hotfix", until=None, now=100.0)
     store.put(keys.MASTER, "leader-1")
     store.bump_restart("web")
@@ -41,9 +43,14 @@ def test_units_inventory_and_suspensions_are_read_with_their_revisions(store: St
     assert actual.units["web"].mod_revision == web_rev
     assert actual.inventory == INVENTORY
     assert actual.inventory_revision == inv_rev
+    assert actual.inventory is not None
+    assert actual.inventory.stored.revisions == {
+        keys.INVENTORY: inv_rev,
+        keys.owned_key(shard_of("web")): shard_rev,
+    }
     assert actual.suspended == {"db": paused}
     assert actual.suspended["db"].mod_revision == paused.mod_revision > 0
-    assert actual.state_index == f"3:{paused.mod_revision}"  # master, restart/ not counted
+    assert actual.state_index == f"4:{paused.mod_revision}"  # master, restart/ not counted
 
 
 def test_the_fingerprint_changes_on_every_create_change_and_delete(store: Store) -> None:
@@ -66,8 +73,14 @@ def test_the_fingerprint_changes_on_every_create_change_and_delete(store: Store)
     step()
     suspend(store, "api", who="ops", reason="why", until=None, now=time.time())
     step()
-    store.put(keys.INVENTORY, encode_inventory(INVENTORY))
-    step()
+    for key, value in encode_inventory(INVENTORY).items():
+        store.put(key, value)
+        step()
+    store.put(
+        keys.owned_key(shard_of("web")),
+        encode_inventory(INVENTORY)[keys.owned_key(shard_of("web"))],
+    )
+    step()  # the same value written again: a new revision
     store.delete(keys.suspended_key("api"))
     step()
 

@@ -10,7 +10,7 @@ import pytest
 from kaylee_sync.errors import NotFoundError, UsageError
 from kaylee_sync.plan.model import Inventory, InventoryEntry
 from kaylee_sync.store import Store, keys
-from kaylee_sync.sync.inventory import encode_inventory
+from kaylee_sync.sync.inventory import encode_inventory, encode_one_value
 from kaylee_sync.sync.takeover import Override, remove_unit, run_unit
 from tests.gitrepo import unit_json
 
@@ -20,7 +20,16 @@ HOTFIX = Override(who="alice@ops", reason="INC-1")
 
 def own(store: Store, *names: str) -> None:
     units = {n: InventoryEntry(path=f"units/{n}.yaml", blob="0" * 40) for n in names}
-    store.put(keys.INVENTORY, encode_inventory(Inventory("repo", "main", "units", "c" * 40, units)))
+    for key, value in encode_inventory(Inventory("repo", "main", "units", "c" * 40, units)).items():
+        store.put(key, value)
+
+
+def test_a_unit_in_a_format_1_inventory_is_managed_too(store: Store) -> None:
+    units = {"web": InventoryEntry(path="units/web.yaml", blob="0" * 40)}
+    store.put(keys.INVENTORY, encode_one_value(Inventory("repo", "main", "units", "c", units)))
+    with pytest.raises(UsageError, match=r"web is managed by Git \(units/web.yaml in repo\)"):
+        run_unit(store, "web", unit_json("web"), None, now=NOW)
+    assert store.get_unit("web") is None
 
 
 def test_an_unmanaged_unit_is_written_and_nothing_is_suspended(store: Store) -> None:

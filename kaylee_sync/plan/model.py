@@ -9,6 +9,7 @@ These are plain frozen dataclasses so that every layer can share them without I/
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -62,6 +63,16 @@ class InventoryEntry:
 
 
 @dataclass(frozen=True)
+class InventoryKeys:
+    """How an inventory read from etcd is stored there: the format and, for each of its
+    keys (``sync/inventory`` and its shards ``sync/owned/<xx>``), the mod revision read.
+    Apply guards its writes with them; see :mod:`kaylee_sync.sync.inventory`."""
+
+    version: int = 0  # 0: not from etcd; 1: one value; 2: a header and shards
+    revisions: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Inventory:
     """``sync/inventory``: which units Git owns, and from which file/blob each came."""
 
@@ -70,6 +81,8 @@ class Inventory:
     path: str
     commit: str
     units: dict[str, InventoryEntry] = field(default_factory=dict)
+    # where it was read from; not part of what it says (equal inventories say the same)
+    stored: InventoryKeys = field(default_factory=InventoryKeys, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

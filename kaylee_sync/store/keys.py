@@ -9,7 +9,9 @@ Layout (relative to the prefix, default ``/kaylee2``)::
 
     units/<name>                 UnitSpec JSON (the original Kaylee's format)
     master                       leader id, bound to the leader's lease
-    sync/inventory               JSON: repo, commit, managed units and their files
+    sync/inventory               JSON: repo, branch, path, commit of the last sync
+    sync/owned/<xx>              JSON: the managed units whose name hashes to <xx>
+                                 (00-ff), and their files: the inventory's shards
     sync/status                  JSON: last attempt / last success, per-file errors
     sync/suspended/<name>        JSON: who, when, why — git sync leaves <name> alone
     sync/prune-hold              JSON: deletions the prune guard refused, held until released
@@ -31,6 +33,7 @@ from kaylee_sync.errors import UsageError
 UNITS = "units/"
 MASTER = "master"
 INVENTORY = "sync/inventory"
+OWNED = "sync/owned/"
 STATUS = "sync/status"
 SYNC_REQUEST = "sync/request"
 SUSPENDED = "sync/suspended/"
@@ -42,6 +45,10 @@ CONTROL = "rollout/"
 
 # Directories whose children are named by a unit name: exactly one segment below them.
 NAMED_AREAS = (UNITS, SUSPENDED, RESTART, ROLLOUTS, POLICY, CONTROL)
+
+
+def owned_key(shard: str) -> str:
+    return OWNED + shard
 
 
 def unit_key(name: str) -> str:

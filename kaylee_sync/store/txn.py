@@ -94,10 +94,12 @@ class Op:
 
 
 def _cost(op: Op, key_bytes: int) -> int:
-    """Bytes ``op`` adds to a request: its key (and its guard's), value and framing;
+    """Bytes ``op`` adds to a request: its key (and its guard's), values and framing;
     ``key_bytes`` is what the store adds to every key (its prefix)."""
     keys = 2 if op.guard is not None else 1
-    return keys * (len(op.key.encode()) + key_bytes + OP_OVERHEAD) + len(op.value)
+    compared = op.guard.expected if op.guard is not None else b""  # a value compare's value
+    extra = len(compared) if isinstance(compared, bytes) else 0
+    return keys * (len(op.key.encode()) + key_bytes + OP_OVERHEAD) + len(op.value) + extra
 
 
 def batches(

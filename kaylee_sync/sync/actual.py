@@ -7,15 +7,15 @@ lands between them would show its new inventory next to the units from before it
 request is one etcd revision. The extra keys it carries (``restart/``, ``scheduler/``,
 ``master``) are a few small values per unit at most, and are simply skipped.
 
-``state_index`` is ``"<count>:<highest mod revision>"`` over those keys — units,
-inventory, suspensions, the prune hold. Why this fingerprint changes whenever any of
-them does: every write (create or change) gets a revision higher than every mod revision
-already stored, so it raises the maximum for as long as the written key exists. If the
-maximum is the same later, every key present then was last written at or before it,
-hence was present, unchanged, when the first read was made (a key that is deleted and
-recreated gets a new revision); the keys of the later read are then a subset of the
-earlier ones, and an equal count makes them the same set. So equal fingerprints mean
-identical keys and values, and any create, change or delete gives a different one.
+``state_index`` is ``"<count>:<highest mod revision>"`` over those keys — units, the
+inventory's header and shards, suspensions, the prune hold. Why this fingerprint changes
+whenever any of them does: every write (create or change) gets a revision higher than
+every mod revision already stored, so it raises the maximum for as long as the written
+key exists. If the maximum is the same later, every key present then was last written at
+or before it, hence was present, unchanged, when the first read was made (a key that is
+deleted and recreated gets a new revision); the keys of the later read are then a subset
+of the earlier ones, and an equal count makes them the same set. So equal fingerprints
+mean identical keys and values, and any create, change or delete gives a different one.
 Writes to other keys (a rollout, a restart, the leader) leave it alone, so unrelated
 activity does not look like drift.
 """
@@ -26,9 +26,9 @@ from dataclasses import replace
 
 from kaylee_sync.errors import StoreError
 from kaylee_sync.health import Phase, decode_report
-from kaylee_sync.plan.model import ActualState, ActualUnit, Inventory, PruneHold, Suspension
-from kaylee_sync.store import Store, keys
-from kaylee_sync.sync.inventory import decode_inventory
+from kaylee_sync.plan.model import ActualState, ActualUnit, PruneHold, Suspension
+from kaylee_sync.store import Store, StoredValue, keys
+from kaylee_sync.sync.inventory import assemble
 from kaylee_sync.sync.prunehold import decode_hold
 from kaylee_sync.sync.suspend import decode_suspension
 
@@ -43,8 +43,8 @@ def read_actual(store: Store) -> ActualState:
     """
     units: dict[str, ActualUnit] = {}
     suspended: dict[str, Suspension] = {}
-    inventory: Inventory | None = None
-    inventory_revision = 0
+    header: StoredValue | None = None
+    shards: list[StoredValue] = []
     hold: PruneHold | None = None
     policies: dict[str, tuple[str, int]] = {}
     reverted: dict[str, str] = {}
@@ -68,8 +68,9 @@ def read_actual(store: Store) -> ActualState:
             value = stored.value.decode("utf-8", errors="replace")
             policies[key[len(keys.POLICY) :]] = (value, stored.mod_revision)
         elif key == keys.INVENTORY:
-            inventory = decode_inventory(stored.value, key)
-            inventory_revision = stored.mod_revision
+            header = stored
+        elif key.startswith(keys.OWNED):
+            shards.append(stored)
         elif key == keys.PRUNE_HOLD:
             hold = decode_hold(stored.value, key, stored.mod_revision)
         elif key.startswith(keys.SUSPENDED):
@@ -79,6 +80,7 @@ def read_actual(store: Store) -> ActualState:
             continue
         count += 1
         highest = max(highest, stored.mod_revision)
+    inventory = assemble(header, shards)
     for name, (policy, revision) in policies.items():
         if name in units:
             units[name] = replace(units[name], policy=policy, policy_revision=revision)
@@ -88,7 +90,7 @@ def read_actual(store: Store) -> ActualState:
     return ActualState(
         units=units,
         inventory=inventory,
-        inventory_revision=inventory_revision,
+        inventory_revision=header.mod_revision if header is not None else 0,
         suspended=suspended,
         prune_hold=hold,
         state_index=f"{count}:{highest}",

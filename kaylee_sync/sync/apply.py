@@ -16,23 +16,26 @@ an apply stops half way (a crash, a lost leadership, a conflict):
 1. expired suspensions are removed (logged once they are gone);
 2. if the plan writes units the current inventory does not list (new files, or units
    adopted from ``kaylee run``), the inventory is first rewritten as the *union* of the
-   old entries and those units. A unit is thus listed before it exists, never after:
-   an apply that stops half way cannot leave behind a unit Git created but no longer
-   knows it owns (listed-but-absent is harmless: the planner just creates it, or drops
-   it when the file is gone);
+   old entries and those units (the shards they hash to, and the header). A unit is
+   thus listed before it exists, never after: an apply that stops half way cannot leave
+   behind a unit Git created but no longer knows it owns (listed-but-absent is
+   harmless: the planner just creates it, or drops it when the file is gone);
 3. the unit creates, updates and deletes, in batches; a unit's rollout policy
    (``policy/<name>``, guarded like the unit) is written in the same transaction as its
    spec, and a policy-only change writes just the policy;
-4. the new inventory, last and in its own transaction (it is the largest value), guarded
-   by the revision of the inventory the plan — or phase 2 — left. Deleted units leave
-   the inventory only now, after they are gone, so that a stop before this point leaves
-   them owned and the next attempt still prunes them. A plan with no changes rewrites
-   the inventory only if it differs (e.g. the commit moved). A prune hold the plan
-   releases is deleted in this same transaction: released only once the held units
-   are gone, never before.
+4. the new inventory, last: the shards whose entries change, then the header (the
+   commit), each guarded by what phase 2 wrote there or else by the revision read with
+   the plan. Deleted units leave the inventory only now, after they are gone, so that a
+   stop before this point leaves them owned and the next attempt still prunes them. A
+   plan with no changes writes only the header, if the commit moved. A prune hold the
+   plan releases is deleted in the header's transaction: released only once the held
+   units are gone, never before.
 
-Nothing is written when the new inventory would exceed etcd's request limit
-(:data:`ETCD_MAX_REQUEST_BYTES`); see :mod:`kaylee_sync.sync.inventory` for its size.
+Each of these is a per-unit argument (a unit is listed while it may exist), so it holds
+with the inventory spread over shards that are written in several transactions; the
+header is written last so that its commit names a sync whose writes are all done. See
+:mod:`kaylee_sync.sync.inventory` for the format, and how a format-1 inventory is
+converted.
 """
 
 from __future__ import annotations
@@ -40,21 +43,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from kaylee_sync.errors import ConflictError, StoreError, UsageError
-from kaylee_sync.plan.model import Action, Inventory, Plan, PlanEntry, PruneHold, Suspension
+from kaylee_sync.errors import ConflictError, UsageError
+from kaylee_sync.plan.model import (
+    Action,
+    Inventory,
+    InventoryKeys,
+    Plan,
+    PlanEntry,
+    PruneHold,
+    Suspension,
+)
 from kaylee_sync.store import Compare, Op, Store, keys
-from kaylee_sync.store.txn import DEFAULT_BATCH, ETCD_MAX_REQUEST_BYTES
-from kaylee_sync.sync.inventory import encode_inventory, next_inventory
+from kaylee_sync.store.txn import DEFAULT_BATCH
+from kaylee_sync.sync.inventory import FORMAT_VERSION, inventory_writes, next_inventory
 from kaylee_sync.sync.prunehold import encode_hold
 from kaylee_sync.sync.suspend import decode_suspension
 
 log = logging.getLogger(__name__)
-
-# room for the key, the compares and the protobuf framing of the transaction that carries
-# the inventory, within etcd's --max-request-bytes
-_REQUEST_OVERHEAD = 4096  # bytes
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,11 @@ def apply_plan(
     made against (``ActualState.prune_hold``): it is replaced or deleted only if
     unchanged since.
 
+    ``old_inventory`` carries the revisions it was read at (``Inventory.stored``): the
+    inventory's writes are guarded by them.
+
     Raises ConflictError naming the phase and batch that did not apply (earlier batches
-    stay applied), StoreError if the inventory would be too large (nothing written).
+    stay applied).
     """
     if plan.against != "etcd":
         raise UsageError(f"a plan made against {plan.against} cannot be applied to etcd")
@@ -100,36 +110,35 @@ def apply_plan(
     unit_ops = _unit_ops(creates, updates, deletes, policies)
     final = next_inventory(plan, old_inventory)
     interim = _interim_inventory(old_inventory, final, [e.name for e in creates + updates])
-    # Both inventories are encoded and measured before the first write: a too-big
-    # inventory must stop the apply before any unit is written, not after.
-    final_value = _encoded(final)
-    interim_value = None if interim is None else _encoded(interim)
 
     txns = 0
     held = plan.prune_hold
     if held is not None and held != prune_hold:
         op = Op.put(keys.PRUNE_HOLD, encode_hold(held), guard=_hold_guard(prune_hold))
-        txns += _run("recording the prune hold", store, [op], fence, batch)
+        txns += _run("recording the prune hold", store, [[op]], fence, batch)
     resumed, ran = _remove_expired(store, plan.expired_suspensions, suspended, fence, batch, clock)
     txns += ran
-    revision = plan.inventory_revision
-    if interim_value is not None:
-        op = _inventory_op(interim_value, revision)
-        txns += _run("listing new units in sync/inventory", store, [op], fence, batch)
-        revision = _read_back(store, interim_value)
+    written: dict[str, str | None] = {}  # inventory keys this apply wrote (None: deleted)
+    base = old_inventory
+    if interim is not None:
+        groups = inventory_writes(interim, base, written)
+        txns += _run("listing new units in the inventory", store, groups, fence, batch)
+        written.update(
+            (op.key, op.value.decode() if op.kind == "put" else None) for op in _flat(groups)
+        )
+        revisions = base.stored.revisions if base is not None else {}
+        base = replace(interim, stored=InventoryKeys(FORMAT_VERSION, revisions))
     if unit_ops:
-        flat = [op for group in unit_ops for op in group]
-        txns += _run("writing units", store, flat, fence, batch, groups=unit_ops)
-    inventory_written = interim is not None
-    last: list[Op] = []
-    if final != (old_inventory if interim is None else interim):
-        last.append(_inventory_op(final_value, revision))
-        inventory_written = True
+        txns += _run("writing units", store, unit_ops, fence, batch)
+    # empty if nothing changes; a format-1 inventory is converted even then
+    last = inventory_writes(final, base, written)
+    inventory_written = interim is not None or bool(last)
     if held is None and prune_hold is not None:
-        last.append(Op.delete(keys.PRUNE_HOLD, guard=_hold_guard(prune_hold)))
+        # with the header, which comes last: released only once the held units are gone
+        release = Op.delete(keys.PRUNE_HOLD, guard=_hold_guard(prune_hold))
+        last = [*last[:-1], [*last[-1], release]] if last else [[release]]
     if last:
-        # One transaction whatever ``batch``: the release goes with the inventory.
-        txns += _run("writing sync/inventory", store, last, fence, max(batch, len(last)))
+        txns += _run("writing the inventory", store, last, fence, batch)
     return ApplyResult(
         created=len(creates),
         updated=len(updates),
@@ -205,42 +214,11 @@ def _interim_inventory(
     return Inventory(base.repo, base.branch, base.path, base.commit, dict(sorted(units.items())))
 
 
-def _encoded(inventory: Inventory) -> str:
-    value = encode_inventory(inventory)
-    size = len(value.encode("utf-8"))
-    if size + _REQUEST_OVERHEAD > ETCD_MAX_REQUEST_BYTES:
-        raise StoreError(
-            f"{keys.INVENTORY} for {len(inventory.units)} units would take {size} bytes, "
-            f"more than etcd accepts in one request ({ETCD_MAX_REQUEST_BYTES}); "
-            "nothing was written"
-        )
-    return value
-
-
-def _inventory_op(value: str, revision: int) -> Op:
-    guard = (
-        Compare.mod_revision_equals(keys.INVENTORY, revision)
-        if revision > 0
-        else Compare.missing(keys.INVENTORY)
-    )
-    return Op.put(keys.INVENTORY, value, guard=guard)
-
-
 def _hold_guard(seen: PruneHold | None) -> Compare:
     """The hold is what the plan saw: absent, or unchanged since it was read."""
     if seen is None or seen.mod_revision <= 0:
         return Compare.missing(keys.PRUNE_HOLD)
     return Compare.mod_revision_equals(keys.PRUNE_HOLD, seen.mod_revision)
-
-
-def _read_back(store: Store, value: str) -> int:
-    """The mod revision of the inventory just written (ConflictError if it is not ours)."""
-    stored = store.get(keys.INVENTORY)
-    if stored is None or stored.value != value.encode("utf-8"):
-        raise ConflictError(
-            f"{keys.INVENTORY} changed right after it was written; no unit was written"
-        )
-    return stored.mod_revision
 
 
 def _remove_expired(
@@ -268,22 +246,26 @@ def _remove_expired(
             removed.append(name)
     if not ops:
         return (), 0
-    ran = _run("removing expired suspensions", store, ops, fence, batch)
+    ran = _run("removing expired suspensions", store, [[op] for op in ops], fence, batch)
     for name in removed:
         log.info("suspension of %s expired; Git sync resumes", name)
     return tuple(removed), ran
 
 
+def _flat(groups: Sequence[Sequence[Op]]) -> list[Op]:
+    return [op for group in groups for op in group]
+
+
 def _run(
     phase: str,
     store: Store,
-    ops: Sequence[Op],
+    groups: Sequence[Sequence[Op]],
     fence: Compare | None,
     batch: int,
-    groups: Sequence[Sequence[Op]] | None = None,
 ) -> int:
-    """``store.apply_batched``, with the phase named in a conflict."""
+    """``store.apply_batched`` of ``groups`` (each kept in one transaction), with the
+    phase named in a conflict."""
     try:
-        return store.apply_batched(ops, fence, batch, groups=groups)
+        return store.apply_batched(_flat(groups), fence, batch, groups=groups)
     except ConflictError as exc:
         raise ConflictError(f"{phase}: {exc}") from exc

@@ -1,43 +1,71 @@
-"""``sync/inventory``: the record of which units Git owns, and how it is kept small.
+"""The inventory: the record of which units Git owns, stored so that a change costs what it changes.
 
 Ownership is the whole point of the inventory: only units listed in it are ever pruned, so
 a unit created with ``kaylee run`` outside Git is never deleted by sync, and an invalid
 file still maps to the unit it used to deploy. :func:`next_inventory` therefore never
 drops a unit that Git still claims, even when this sync leaves it alone.
 
-Encoding (one etcd value, compact JSON, keys sorted so that equal inventories are equal
-bytes)::
+Format 2 (written since 2026-12-05): a small *header* and 256 *shards*, compact JSON with
+sorted keys (equal inventories are equal bytes)::
 
-    {"v":1,"repo":"…","branch":"main","path":"units","commit":"<40 hex>",
-     "units":{"api":"<blob>","web":"<blob>"},"paths":{"odd":"units/team/odd.yml"}}
+    sync/inventory    {"v":2,"repo":"…","branch":"main","path":"units","commit":"<40 hex>"}
+    sync/owned/<xx>   {"v":2,"path":"units","units":{"api":"<blob>","odd":"<blob>"},
+                       "paths":{"odd":"units/t/odd.yml"}}
+
+A unit lives in the shard named by the first two hex digits of the SHA-1 of its name
+(:func:`shard_of`), so a commit that changes one file rewrites the header and one shard
+of about ``units / 256`` entries (40 at 10,000 units, 2.6 KB) instead of the whole
+inventory (1.1 MB at 10,000 units, and refused by etcd beyond about 15,000). A shard
+that would be empty is deleted.
 
 - ``units`` maps each unit to the *full* blob id. Blobs are not abbreviated: the planner
   compares them with the ids ``source`` reports (and ``--worktree`` blobs are not even
   hex), so an abbreviation would have to be understood by every reader.
-- A unit's file is ``<path>/<name>.yaml`` unless ``paths`` says otherwise. Almost every
-  repository follows that convention, and leaving it out is what keeps 10,000 units far
-  below etcd's request limit (1.5 MiB by default): about 65 bytes per unit with
-  20-character names, 110 bytes with the longest (64-character) names — 1.1 MiB for
-  10,000 of those, while spelling out every path would take 1.9 MiB. The decoded
-  :class:`Inventory` always carries full paths; the shorthand exists only on the wire.
-- ``v`` is the format version; an unknown version is refused rather than guessed at.
+- A unit's file is ``<path>/<name>.yaml`` unless ``paths`` says otherwise; each shard
+  carries the ``path`` its shorthand is relative to, so a shard is read the same
+  whatever the header says. The decoded :class:`Inventory` always carries full paths.
+- The shards are the inventory only under a format-2 header. Format 1 — the whole
+  inventory in ``sync/inventory`` (``{"v":1,…,"units":{…},"paths":{…}}``) — is still
+  read, and the first apply rewrites it as format 2: shards first, the header last, so
+  until the header changes a reader still sees the format-1 inventory whole (shards
+  left by an apply that stopped half way are ignored, then overwritten).
+- An unknown version, a malformed header or shard, or a unit in the wrong shard stop
+  sync rather than being read as "owns nothing". Shards without a header (an operator
+  deleted it) still say which units Git owns; the next apply writes the header again.
+
+Which keys an apply writes, and in what order, is :func:`inventory_writes`; why that
+order keeps ownership safe when an apply stops half way is in :mod:`.apply`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from kaylee_sync.bounds import load_json
 from kaylee_sync.errors import StoreError
-from kaylee_sync.plan.model import Action, Inventory, InventoryEntry, Plan
+from kaylee_sync.plan.model import Action, Inventory, InventoryEntry, InventoryKeys, Plan
+from kaylee_sync.store import Compare, Op, StoredValue, keys
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what apply writes
+ONE_VALUE = 1  # the format written until 2026-12-05, still read
 
 # Entries whose unit Git still claims although this sync does not write it: the old
 # inventory entry is kept so that ownership survives (a fixed file, a lifted prune guard
 # or a resumed suspension then finds the unit still managed).
 _KEPT = frozenset({Action.INVALID, Action.PRUNE_REFUSED, Action.SUSPENDED})
+
+_REBUILD = (
+    f"restore it, or delete {keys.INVENTORY} and {keys.OWNED} (etcdctl del --prefix) to let "
+    "sync rebuild it"
+)
+
+
+def shard_of(name: str) -> str:
+    """The shard a unit is listed in: two hex digits, ``00`` to ``ff``."""
+    return hashlib.sha1(name.encode("utf-8")).hexdigest()[:2]
 
 
 def default_path(unit_path: str, name: str) -> str:
@@ -46,64 +74,166 @@ def default_path(unit_path: str, name: str) -> str:
     return f"{base}/{name}.yaml" if base else f"{name}.yaml"
 
 
-def encode_inventory(inv: Inventory) -> str:
+# -- encoding ------------------------------------------------------------------------------
+
+
+def _dump(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+def _listing(path: str, entries: Iterable[tuple[str, InventoryEntry]]) -> dict[str, Any]:
+    """``units`` and, for files not at their default place, ``paths``."""
     units: dict[str, str] = {}
     paths: dict[str, str] = {}
-    for name in sorted(inv.units):
-        entry = inv.units[name]
+    for name, entry in sorted(entries):
         units[name] = entry.blob
-        if entry.path != default_path(inv.path, name):
+        if entry.path != default_path(path, name):
             paths[name] = entry.path
+    return {"units": units, "paths": paths} if paths else {"units": units}
+
+
+def encode_header(inv: Inventory) -> str:
+    return _dump(
+        {
+            "v": FORMAT_VERSION,
+            "repo": inv.repo,
+            "branch": inv.branch,
+            "path": inv.path,
+            "commit": inv.commit,
+        }
+    )
+
+
+def encode_shard(path: str, entries: Iterable[tuple[str, InventoryEntry]]) -> str:
+    return _dump({"v": FORMAT_VERSION, "path": path, **_listing(path, entries)})
+
+
+def encode_one_value(inv: Inventory) -> str:
+    """Format 1: the whole inventory as one value (read still; written only by tests)."""
     doc: dict[str, Any] = {
-        "v": FORMAT_VERSION,
+        "v": ONE_VALUE,
         "repo": inv.repo,
         "branch": inv.branch,
         "path": inv.path,
         "commit": inv.commit,
-        "units": units,
     }
-    if paths:
-        doc["paths"] = paths
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return _dump({**doc, **_listing(inv.path, inv.units.items())})
 
 
-def decode_inventory(value: bytes, key: str) -> Inventory:
-    """The inventory stored at ``key``; StoreError naming ``key`` if it is not one.
+def _shards(inv: Inventory, only: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """Unit names by shard (all of them, or those in the shards ``only``)."""
+    wanted = None if only is None else set(only)
+    found: dict[str, list[str]] = {}
+    for name in inv.units:
+        shard = shard_of(name)
+        if wanted is None or shard in wanted:
+            found.setdefault(shard, []).append(name)
+    return found
 
-    Never lenient: an inventory read as empty would make every managed unit look
-    unmanaged (nothing pruned, ownership silently lost at the next write).
-    """
-    try:
-        doc = load_json(value)  # ValueError for bytes that are not UTF-8 JSON
-        return _inventory(doc)
-    except (ValueError, _Malformed) as exc:
-        why = exc.args[0]
-        raise StoreError(
-            f"{key} is not a valid inventory ({why}); sync stops rather than lose track of "
-            "which units Git owns — restore it or delete it to let sync rebuild it"
-        ) from None
+
+def encode_inventory(inv: Inventory) -> dict[str, str]:
+    """Format 2: every key of ``inv`` and its value (the header and the non-empty shards)."""
+    values = {keys.INVENTORY: encode_header(inv)}
+    for shard, names in sorted(_shards(inv).items()):
+        values[keys.owned_key(shard)] = encode_shard(inv.path, ((n, inv.units[n]) for n in names))
+    return values
+
+
+# -- decoding ------------------------------------------------------------------------------
 
 
 class _Malformed(Exception):
     pass
 
 
-def _inventory(doc: object) -> Inventory:
+def _parse(value: bytes, key: str, parse: Any) -> Any:
+    try:
+        doc = load_json(value)  # ValueError for bytes that are not UTF-8 JSON
+        return parse(doc)
+    except (ValueError, _Malformed) as exc:
+        why = exc.args[0]
+        raise StoreError(
+            f"{key} is not a valid inventory ({why}); sync stops rather than lose track of "
+            f"which units Git owns — {_REBUILD}"
+        ) from None
+
+
+def decode_inventory(value: bytes, key: str) -> Inventory:
+    """The format-1 inventory stored at ``key``; StoreError naming ``key`` if it is not one
+    (a format-2 header holds no units: read the inventory with :func:`assemble`).
+
+    Never lenient: an inventory read as empty would make every managed unit look
+    unmanaged (nothing pruned, ownership silently lost at the next write).
+    """
+    inventory: Inventory = _parse(value, key, lambda d: _one_value(_header(d, (ONE_VALUE,)), d))
+    return inventory
+
+
+def assemble(header: StoredValue | None, shards: Sequence[StoredValue]) -> Inventory | None:
+    """The inventory that ``sync/inventory`` and the ``sync/owned/`` keys read together
+    (at one revision) say, carrying where it was read from (:class:`InventoryKeys`);
+    None if there is none (no header and no shard). StoreError naming the key if one of
+    them is malformed."""
+    revisions = {s.key: s.mod_revision for s in shards}
+    if header is None:
+        if not shards:
+            return None
+        # Only an operator removes the header (apply writes it before the first shard):
+        # the shards still say which units Git owns, and the next apply writes a header.
+        base = Inventory(repo="", branch="", path="", commit="")
+    else:
+        revisions[keys.INVENTORY] = header.mod_revision
+        versions = (ONE_VALUE, FORMAT_VERSION)
+        raw, base = _parse(header.value, header.key, lambda d: (d, _header(d, versions)))
+        if raw["v"] == ONE_VALUE:  # shards, if any, were left by a conversion that stopped
+            one = _parse(header.value, header.key, lambda d: _one_value(base, d))
+            return _with(one, one.units, InventoryKeys(ONE_VALUE, revisions))
+    units: dict[str, InventoryEntry] = {}
+    for stored in shards:
+        shard = stored.key[len(keys.OWNED) :]
+        units.update(_parse(stored.value, stored.key, lambda d, s=shard: _shard(d, s)))
+    return _with(base, dict(sorted(units.items())), InventoryKeys(FORMAT_VERSION, revisions))
+
+
+def _with(inv: Inventory, units: dict[str, InventoryEntry], stored: InventoryKeys) -> Inventory:
+    return Inventory(inv.repo, inv.branch, inv.path, inv.commit, units, stored=stored)
+
+
+def _header(doc: object, versions: tuple[int, ...]) -> Inventory:
+    if not isinstance(doc, dict):
+        raise _Malformed("not a JSON object")
+    if doc.get("v") not in versions:
+        raise _Malformed(f"unknown format version {doc.get('v')!r}")
+    repo, branch, path, commit = (_string(doc, f) for f in ("repo", "branch", "path", "commit"))
+    return Inventory(repo=repo, branch=branch, path=path, commit=commit)
+
+
+def _one_value(base: Inventory, doc: dict[str, Any]) -> Inventory:
+    return _with(base, _entries(doc, base.path), InventoryKeys(ONE_VALUE))
+
+
+def _shard(doc: object, shard: str) -> dict[str, InventoryEntry]:
     if not isinstance(doc, dict):
         raise _Malformed("not a JSON object")
     if doc.get("v") != FORMAT_VERSION:
         raise _Malformed(f"unknown format version {doc.get('v')!r}")
-    repo, branch, path, commit = (_string(doc, f) for f in ("repo", "branch", "path", "commit"))
+    entries = _entries(doc, _string(doc, "path"))
+    for name in entries:
+        if shard_of(name) != shard:
+            raise _Malformed(f"units.{name} belongs in {keys.owned_key(shard_of(name))}")
+    return entries
+
+
+def _entries(doc: dict[str, Any], path: str) -> dict[str, InventoryEntry]:
     units = _string_map(doc, "units")
     paths = _string_map(doc, "paths") if "paths" in doc else {}
     strays = sorted(set(paths) - set(units))
     if strays:
         raise _Malformed(f"paths.{strays[0]} names no unit")
-    entries = {
+    return {
         name: InventoryEntry(path=paths.get(name, default_path(path, name)), blob=blob)
         for name, blob in units.items()
     }
-    return Inventory(repo=repo, branch=branch, path=path, commit=commit, units=entries)
 
 
 def _string(doc: dict[str, Any], field: str) -> str:
@@ -121,6 +251,68 @@ def _string_map(doc: dict[str, Any], field: str) -> dict[str, str]:
         if not isinstance(item, str):
             raise _Malformed(f"{field}.{name}: expected a string")
     return value
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def inventory_writes(
+    target: Inventory, base: Inventory | None, written: Mapping[str, str | None]
+) -> list[list[Op]]:
+    """The writes that turn the stored inventory ``base`` into ``target``, in order, as
+    groups of ops that must land together (for :meth:`Store.apply_batched`).
+
+    ``written``: what this apply already wrote to inventory keys (key → value, None for
+    a delete). Each op is guarded by what the key holds as far as this apply knows: the
+    value it wrote, or else the mod revision ``base`` was read at (absent if unread).
+    With a format-2 ``base``, only the shards whose entries change are written, then the
+    header if it changes. Otherwise (no inventory yet, or format 1) every shard is
+    written: with no inventory the header first (it then owns exactly the shards written
+    so far, a subset of what is about to be created), from format 1 the header last
+    (until then readers still see the format-1 value whole).
+    """
+    stored = base.stored if base is not None else InventoryKeys()
+    guard = _guard(keys.INVENTORY, stored, written)
+    header = Op.put(keys.INVENTORY, encode_header(target), guard=guard)
+    if base is not None and stored.version == FORMAT_VERSION:
+        # a shard's shorthand is relative to the path it carries, so a shard whose
+        # entries stay is still right when the header's path changes
+        names = target.units.keys() | base.units.keys()
+        touched = {shard_of(n) for n in names if target.units.get(n) != base.units.get(n)}
+        ops = _shard_ops(target, sorted(touched), stored, written)
+        same_header = encode_header(target) == encode_header(base)
+        return [[op] for op in ops] + ([] if same_header else [[header]])
+    owned = sorted(k[len(keys.OWNED) :] for k in stored.revisions if k.startswith(keys.OWNED))
+    everything = sorted(set(_shards(target)) | set(owned))
+    shards = [[op] for op in _shard_ops(target, everything, stored, written)]
+    return [[header], *shards] if base is None else [*shards, [header]]
+
+
+def _shard_ops(
+    target: Inventory,
+    shards: Sequence[str],
+    stored: InventoryKeys,
+    written: Mapping[str, str | None],
+) -> list[Op]:
+    names = _shards(target, shards)
+    ops: list[Op] = []
+    for shard in shards:
+        key = keys.owned_key(shard)
+        guard = _guard(key, stored, written)
+        if shard in names:
+            entries = ((n, target.units[n]) for n in names[shard])
+            ops.append(Op.put(key, encode_shard(target.path, entries), guard=guard))
+        elif (written[key] is not None) if key in written else (key in stored.revisions):
+            ops.append(Op.delete(key, guard=guard))  # the shard is there and now empty
+    return ops
+
+
+def _guard(key: str, stored: InventoryKeys, written: Mapping[str, str | None]) -> Compare:
+    if key in written:
+        value = written[key]
+        return Compare.missing(key) if value is None else Compare.value_equals(key, value)
+    revision = stored.revisions.get(key, 0)
+    return Compare.mod_revision_equals(key, revision) if revision > 0 else Compare.missing(key)
 
 
 def next_inventory(plan: Plan, old: Inventory | None) -> Inventory:

@@ -1,15 +1,17 @@
 """``kaylee run`` / ``kaylee rm`` on a unit: refuse what Git manages, or take it over.
 
-The original CLI writes ``units/<name>`` directly. A unit listed in ``sync/inventory``
-belongs to Git: writing it by hand would be undone at the next sync (drift is put back),
-and removing it would be re-created. So such a write is refused unless it is an
-emergency override (``--override --reason``), which suspends Git sync for the unit.
+The original CLI writes ``units/<name>`` directly. A unit listed in the inventory
+(``sync/inventory`` and its shards) belongs to Git: writing it by hand would be undone
+at the next sync (drift is put back), and removing it would be re-created. So such a
+write is refused unless it is an emergency override (``--override --reason``), which
+suspends Git sync for the unit.
 
-The suspension and the change are one transaction, guarded by the inventory's revision
-as it was read when ownership was decided: there is no moment at which the spec is
-changed but not yet protected (a sync in between would undo it), nor one at which Git
-is suspended for a change that never happened; and if Git took the unit over (or let it
-go) between the read and the write, nothing is written and the decision is made again.
+The suspension and the change are one transaction, guarded by the inventory's revisions
+(its header and the unit's shard) as they were read when ownership was decided: there is
+no moment at which the spec is changed but not yet protected (a sync in between would
+undo it), nor one at which Git is suspended for a change that never happened; and if Git
+took the unit over (or let it go) between the read and the write, nothing is written and
+the decision is made again.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from dataclasses import dataclass
 
 from kaylee_sync.errors import ConflictError, NotFoundError, StoreError, UsageError
 from kaylee_sync.plan.model import Suspension
-from kaylee_sync.store import Compare, Op, Store, keys
-from kaylee_sync.sync.inventory import decode_inventory
+from kaylee_sync.store import Compare, Op, Store, StoredValue, keys
+from kaylee_sync.sync.inventory import assemble, shard_of
 from kaylee_sync.sync.suspend import suspension_op
 
 log = logging.getLogger(__name__)
@@ -78,9 +80,8 @@ def _write(
     policy: str | None = None,
 ) -> Written:
     for _ in range(_MAX_ATTEMPTS):
-        where, guard = _owner(store, name, override)
+        where, compares = _owner(store, name, override)
         ops: list[Op] = []
-        compares = [guard]
         suspension = None
         if where and override is not None:
             op, suspension = suspension_op(
@@ -126,21 +127,32 @@ def _write(
     raise ConflictError(f"{name}: etcd kept changing while writing it; try again")
 
 
-def _owner(store: Store, name: str, override: Override | None) -> tuple[str, Compare]:
-    """Where Git keeps ``name`` ("" if Git does not manage it), and the compare that holds
-    while that is still true (the inventory's revision as read, or its absence)."""
-    stored = store.get(keys.INVENTORY)
-    if stored is None:
-        return "", Compare.missing(keys.INVENTORY)
-    guard = Compare.mod_revision_equals(keys.INVENTORY, stored.mod_revision)
+def _owner(store: Store, name: str, override: Override | None) -> tuple[str, list[Compare]]:
+    """Where Git keeps ``name`` ("" if Git does not manage it), and the compares that hold
+    while that is still true: the inventory's header and the shard that would list
+    ``name``, each unchanged since read (or still absent). Read one after the other,
+    they are checked together when the transaction runs, so the decision is made on
+    what both hold then."""
+    header = store.get(keys.INVENTORY)
+    shard = store.get(keys.owned_key(shard_of(name)))
+    guards = [
+        _unchanged(keys.INVENTORY, header),
+        _unchanged(keys.owned_key(shard_of(name)), shard),
+    ]
     try:
-        inventory = decode_inventory(stored.value, stored.key)
+        inventory = assemble(header, [shard] if shard is not None else [])
     except StoreError as exc:  # unreadable: we cannot tell, so treat it as managed
         if override is None:
             raise UsageError(
                 f"cannot tell whether Git manages {name} ({exc}); use --override "
                 "--reason … to go ahead anyway"
             ) from None
-        return "an unreadable inventory", guard
-    entry = inventory.units.get(name)
-    return (f"{entry.path} in {inventory.repo}" if entry is not None else ""), guard
+        return "an unreadable inventory", guards
+    entry = inventory.units.get(name) if inventory is not None else None
+    return (f"{entry.path} in {inventory.repo}" if entry and inventory else ""), guards
+
+
+def _unchanged(key: str, stored: StoredValue | None) -> Compare:
+    if stored is None:
+        return Compare.missing(key)
+    return Compare.mod_revision_equals(key, stored.mod_revision)
