@@ -10,7 +10,7 @@
 
 from kaylee_sync.sync.actual import read_actual
 from kaylee_sync.sync.apply import ApplyResult, apply_plan
-from kaylee_sync.sync.inventory import decode_inventory, encode_inventory, next_inventory
+from kaylee_sync.sync.inventory import assemble, encode_inventory, next_inventory
 from kaylee_sync.sync.status import (
     AttemptRecord,
     SyncStatus,
@@ -31,7 +31,7 @@ __all__ = [
     "AttemptRecord",
     "SyncStatus",
     "apply_plan",
-    "decode_inventory",
+    "assemble",
     "decode_suspension",
     "encode_inventory",
     "encode_suspension",

@@ -158,22 +158,12 @@ def _parse(value: bytes, key: str, parse: Any) -> Any:
         ) from None
 
 
-def decode_inventory(value: bytes, key: str) -> Inventory:
-    """The format-1 inventory stored at ``key``; StoreError naming ``key`` if it is not one
-    (a format-2 header holds no units: read the inventory with :func:`assemble`).
-
-    Never lenient: an inventory read as empty would make every managed unit look
-    unmanaged (nothing pruned, ownership silently lost at the next write).
-    """
-    inventory: Inventory = _parse(value, key, lambda d: _one_value(_header(d, (ONE_VALUE,)), d))
-    return inventory
-
-
 def assemble(header: StoredValue | None, shards: Sequence[StoredValue]) -> Inventory | None:
     """The inventory that ``sync/inventory`` and the ``sync/owned/`` keys read together
     (at one revision) say, carrying where it was read from (:class:`InventoryKeys`);
     None if there is none (no header and no shard). StoreError naming the key if one of
-    them is malformed."""
+    them is malformed: never lenient, since an inventory read as empty would make every
+    managed unit look unmanaged (nothing pruned, ownership lost at the next write)."""
     revisions = {s.key: s.mod_revision for s in shards}
     if header is None:
         if not shards:
