@@ -95,6 +95,7 @@ def _settings(params: dict[str, Any], git_timeout: float) -> DaemonSettings:
             **prune_settings(params),
             unit_prefix=params["unit_prefix"],
             signatures=signature_policy_from(params),  # issue 15
+            full_every=scheduler.resync,  # the Git sync's full pass too (issue 14)
         ),
         feedback=feedback_settings_from(params),  # issue 15
         scheduler=scheduler,

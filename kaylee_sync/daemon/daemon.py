@@ -179,7 +179,8 @@ class Daemon(Service):
 
     def _sync(self, reason: str) -> None:
         log.debug("sync requested (%s)", reason)
-        result = self.syncer.sync_once()
+        # A new term reads and plans everything: another leader wrote in between.
+        result = self.syncer.sync_once(full="leader" in (r.strip() for r in reason.split(",")))
         self._fetched = self._fetched or bool(result.commit)
         if result.deposed:
             return  # a handover, not an error; the new leader syncs

@@ -18,6 +18,8 @@ the tests agree by construction:
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -36,11 +38,14 @@ from kaylee_sync.plan.model import (
     InventoryEntry,
     Plan,
     PlanEntry,
+    PlanIndex,
     Suspension,
 )
 from kaylee_sync.plan.prune import DEFAULT_LIMITS, PruneLimits, Verdict, judge
 from kaylee_sync.render import DEFAULT_UNIT_PREFIX
 from kaylee_sync.spec import parse_stored_policy
+
+_NAME = operator.attrgetter("name")
 
 # What Git would do to a unit, said of a suspended one.
 _GIT_WOULD = {
@@ -60,22 +65,53 @@ def make_plan(
     prune: PruneLimits = DEFAULT_LIMITS,
     unit_prefix: str = DEFAULT_UNIT_PREFIX,
     generations: Mapping[str, int] | None = None,
+    previous: Plan | None = None,
+    touched: Collection[str] | None = None,
 ) -> Plan:
     """The plan that makes etcd follow ``desired``; ``now`` (unix seconds) ends suspensions,
-    ``prune`` is the prune guard's budget (or its lifting)."""
+    ``prune`` is the prune guard's budget (or its lifting).
+
+    With ``previous`` (the plan of the last sync) and ``touched`` (the units whose file,
+    etcd keys, inventory entry, suspension or restart generation changed since it was
+    made), only those units and the entries of ``previous`` that were not UNCHANGED are
+    decided anew; every other entry is taken from ``previous`` as it is. The result is
+    the same plan either way (a test holds the two to that); the caller must be sure of
+    ``touched``, and passes None when it is not.
+    """
     planner = _Planner(desired, actual, now, unit_prefix, generations or {})
     entries = planner.invalid_entries()
-    for name, unit in desired.units.items():
-        if name not in entries:  # an invalid file claiming the name wins: hands off
+    if previous is None or touched is None:
+        kept: dict[str, PlanEntry] = {}
+        redo: Collection[str] = desired.units.keys()
+    else:
+        kept = dict(previous.index.by_name)
+        redo = {*touched, *(e.name for e in previous.index.notable)}
+        for name in (*redo, *entries):
+            kept.pop(name, None)
+    for name in redo:
+        unit = desired.units.get(name)
+        if unit is not None and name not in entries:  # an invalid file claiming it wins
             entries[name] = planner.desired_entry(unit)
-    deletions = planner.deletions(entries.keys())
+    deletions = planner.deletions(kept.keys(), entries.keys())
     verdict = planner.prune_verdict(deletions, entries.values(), prune)
     for name, inv in deletions.items():
         entries[name] = planner.delete_entry(name, inv, verdict)
+    if previous is not None and touched is not None:
+        everything = kept | entries
+        same = everything.keys() == previous.index.by_name.keys()
+        names = map(_NAME, previous.entries) if same else sorted(everything)
+        notable = tuple(
+            entries[n] for n in sorted(entries) if entries[n].action != Action.UNCHANGED
+        )
+        known = PlanIndex(everything, notable, frozenset({*entries, *redo}))
+        ordered = tuple(map(everything.__getitem__, names))
+    else:
+        ordered = tuple(entries[name] for name in sorted(entries))
+        known = None
     return Plan(
         desired=desired,
         against=actual.source,
-        entries=tuple(entries[name] for name in sorted(entries)),
+        entries=ordered,
         problems=desired.problems,
         prune_refused=verdict.refused,
         prune_hold=verdict.hold,
@@ -84,6 +120,7 @@ def make_plan(
         state_index=actual.state_index,
         inventory_revision=actual.inventory_revision,
         expired_suspensions=tuple(sorted(n for n, s in actual.suspended.items() if s.expired(now))),
+        known=known,
     )
 
 
@@ -120,7 +157,11 @@ class _Planner:
         )
         self.suspended = {n: s for n, s in self.actual.suspended.items() if not s.expired(self.now)}
         self.commit = short_commit(self.desired.commit)
-        self.by_path = {u.path: u.name for u in self.desired.units.values()}
+
+    @functools.cached_property
+    def by_path(self) -> dict[str, str]:
+        """Unit names by the path of their file (for deletions only: built when needed)."""
+        return {u.path: u.name for u in self.desired.units.values()}
 
     # -- labels and shared parts -------------------------------------------------------
 
@@ -147,6 +188,8 @@ class _Planner:
 
     def invalid_entries(self) -> dict[str, PlanEntry]:
         """An INVALID entry for each unit an invalid file belongs to (by name or inventory)."""
+        if not self.desired.problems:
+            return {}
         by_path: dict[str, list[str]] = {}
         for name, inv in self.inventory.items():
             by_path.setdefault(inv.path, []).append(name)
@@ -194,6 +237,8 @@ class _Planner:
     def desired_entry(self, unit: DesiredUnit) -> PlanEntry:
         name = unit.name
         current = self.actual.units.get(name)
+        # a policy left behind by a unit deleted by hand is replaced, guarded like any other
+        orphan = self.actual.orphan_policies.get(name, ("", 0))
         generation = self.generations.get(name, 0)
         effect = None
         if current is None:
@@ -228,9 +273,9 @@ class _Planner:
             if action == Action.POLICY and current is not None
             else self._diff(name, old, unit.value, unit.path),
             effect=effect,
-            old_policy=current.policy if current else "",
+            old_policy=current.policy if current else orphan[0],
             new_policy=unit.policy,
-            policy_revision=current.policy_revision if current else 0,
+            policy_revision=current.policy_revision if current else orphan[1],
         )
         return self._suspended(name, action, entry) if name in self.suspended else entry
 
@@ -264,13 +309,15 @@ class _Planner:
 
     # -- deletions and the prune guards ------------------------------------------------
 
-    def deletions(self, planned: Collection[str]) -> dict[str, InventoryEntry]:
+    @functools.cached_property
+    def managed(self) -> set[str]:
+        """Units the inventory lists that are in etcd."""
+        return self.inventory.keys() & self.actual.units.keys()
+
+    def deletions(self, *planned: Collection[str]) -> dict[str, InventoryEntry]:
         """Managed units in etcd that no entry planned keeps (suspended ones included)."""
-        return {
-            name: inv
-            for name, inv in self.inventory.items()
-            if name not in planned and name in self.actual.units
-        }
+        gone = self.managed.difference(*planned)
+        return {name: self.inventory[name] for name in sorted(gone)}
 
     def prune_verdict(
         self,
@@ -279,7 +326,7 @@ class _Planner:
         limits: PruneLimits,
     ) -> Verdict:
         """The prune guard's verdict (see :mod:`kaylee_sync.plan.prune`)."""
-        managed = {n for n in self.inventory if n in self.actual.units}
+        managed = self.managed
         # A managed unit whose file is invalid is neither deleted nor kept by the commit.
         invalid = sum(1 for e in planned if e.action == Action.INVALID and e.name in managed)
         return judge(

@@ -9,7 +9,8 @@ These are plain frozen dataclasses so that every layer can share them without I/
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -70,6 +71,8 @@ class InventoryKeys:
 
     version: int = 0  # 0: not from etcd; 1: one value; 2: a header and shards
     revisions: Mapping[str, int] = field(default_factory=dict)
+    # the units each shard listed when read (by shard, "00" to "ff"); None: not known
+    listed: Mapping[str, Collection[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,8 @@ class ActualState:
     prune_hold: PruneHold | None = None  # sync/prune-hold, if a refusal is in force
     state_index: str = ""  # fingerprint of the keys read (see sync); "" for --against
     source: str = "etcd"  # "etcd" or a description such as "origin/main (1a2b3c4)"
+    # policy/<name> of units that are not in etcd (deleted by hand): (value, mod revision)
+    orphan_policies: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 class Action(StrEnum):
@@ -192,6 +197,27 @@ class PlanEntry:
 
 
 @dataclass(frozen=True)
+class PlanIndex:
+    """A plan's entries found quickly: by name, and the few that are not UNCHANGED.
+
+    A plan of 10,000 units usually has a handful of entries that matter; counting them
+    or listing the changes should not walk all 10,000 each time (a sync does it several
+    times). ``recomputed`` names the entries an incremental plan decided anew (None: it
+    decided all of them); every other entry is UNCHANGED and the same as in the plan
+    before it, with an inventory entry that does not change either.
+    """
+
+    by_name: Mapping[str, PlanEntry]
+    notable: tuple[PlanEntry, ...]  # the entries that are not UNCHANGED, by name
+    recomputed: frozenset[str] | None = None
+
+    @classmethod
+    def of(cls, entries: tuple[PlanEntry, ...]) -> PlanIndex:
+        notable = tuple(e for e in entries if e.action != Action.UNCHANGED)
+        return cls({e.name: e for e in entries}, notable)
+
+
+@dataclass(frozen=True)
 class Plan:
     desired: DesiredState
     against: str  # "etcd" or the --against description
@@ -204,14 +230,23 @@ class Plan:
     state_index: str = ""  # ActualState.state_index the plan was made against
     inventory_revision: int = 0
     expired_suspensions: tuple[str, ...] = ()  # names whose suspension has run out
+    # how the planner found the entries (built on first use if the planner did not say)
+    known: PlanIndex | None = field(default=None, compare=False, repr=False)
+
+    @functools.cached_property
+    def index(self) -> PlanIndex:
+        return self.known if self.known is not None else PlanIndex.of(self.entries)
 
     @property
     def changes(self) -> tuple[PlanEntry, ...]:
-        return tuple(e for e in self.entries if e.action in CHANGES)
+        return tuple(e for e in self.index.notable if e.action in CHANGES)
 
     @property
     def has_changes(self) -> bool:
         return bool(self.changes)
 
     def count(self, action: Action) -> int:
-        return sum(1 for e in self.entries if e.action == action)
+        notable = self.index.notable
+        if action == Action.UNCHANGED:
+            return len(self.entries) - len(notable)
+        return sum(1 for e in notable if e.action == action)

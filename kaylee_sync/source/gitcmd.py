@@ -83,6 +83,20 @@ class GitCommands:
                 mode, _, oid = meta.split(" ")
                 yield mode, oid, path
 
+    def diff_tree(self, old: str, new: str) -> list[tuple[str, str, str, str]]:
+        """``(old mode, new mode, new blob id, path)`` of every file that differs between
+        the trees ``old`` and ``new``, recursively; a mode of ``000000`` means absent."""
+        listing = self.run(
+            "diff-tree", "-r", "-z", "--no-renames", "--no-commit-id", old, new,
+            stdout_as_string=False,
+        )  # fmt: skip
+        records = os.fsdecode(listing).split("\0")
+        changes = []
+        for meta, path in zip(records[0::2], records[1::2], strict=False):
+            old_mode, new_mode, _, new_oid, _ = meta.lstrip(":").split(" ")
+            changes.append((old_mode, new_mode, new_oid, path))
+        return changes
+
     def blob_sizes(self, oids: Sequence[str]) -> dict[str, int]:
         with _object_list(oids) as stdin:
             out = self.run("cat-file", "--batch-check", istream=stdin)

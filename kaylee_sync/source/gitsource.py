@@ -31,7 +31,8 @@ from typing import Any
 import git
 
 from kaylee_sync.errors import NotFoundError, UsageError
-from kaylee_sync.plan.model import DesiredState, DesiredUnit, FileProblem
+from kaylee_sync.plan.model import DesiredState
+from kaylee_sync.source.claims import Claims
 from kaylee_sync.source.credentials import GitAuth, redact, split_url_credentials
 from kaylee_sync.source.errors import SourceError, SourceUnavailable
 from kaylee_sync.source.files import (
@@ -56,7 +57,8 @@ from kaylee_sync.spec.loader import MAX_BYTES
 _MEMO_TREES = 8  # the last few unit trees: the branch head, a plan's --against, a retry
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 _REF_SAFE = re.compile(r"^[^\s\x00-\x1f\x7f-][^\s\x00-\x1f\x7f]*$")
-Units = tuple[dict[str, DesiredUnit], tuple[FileProblem, ...]]
+_ABSENT = "000000"  # git diff-tree's mode of a file that is not there
+_DIFF_UNSURE = frozenset({MODE_LINK, MODE_GITLINK})  # a diff alone cannot judge these
 
 
 class GitSource:
@@ -71,8 +73,8 @@ class GitSource:
         self.display_repo = redact(split_url_credentials(settings.repo)[0])
         self._lock = threading.RLock()
         self._parser = UnitParser(settings.unit_prefix)
-        # unit-path tree id -> (root tree id when symlinks mattered, units, problems)
-        self._memo: OrderedDict[str, tuple[str | None, Units]] = OrderedDict()
+        # unit-path tree id -> (root tree id when symlinks mattered, the tree's claims)
+        self._memo: OrderedDict[str, tuple[str | None, Claims]] = OrderedDict()
         self._git: GitCommands | None = None
         self._auth: GitAuth | None = None
         self._net: NetworkCommands | None = None
@@ -188,26 +190,46 @@ class GitSource:
 
     def desired(self, commit: str) -> DesiredState:
         """Every unit file below the unit path at ``commit``, read from its tree objects."""
+        return self.desired_since(None, commit)[0]
+
+    def desired_since(
+        self, since: str | None, commit: str
+    ) -> tuple[DesiredState, frozenset[str] | None]:
+        """:meth:`desired` of ``commit``, and the names of the units whose file results
+        may differ from those at the commit ``since`` (None: not known, so all may).
+
+        The difference comes from ``git diff-tree`` of the two unit trees: only changed
+        files are read, and a tree read is remembered by its id, so a commit that
+        changes one of 10,000 files costs one diff and one parse. Anything a diff cannot
+        settle alone — a symlink or submodule on either side (their verdicts depend on
+        other paths), a unit path that appears or disappears, a tree not remembered —
+        is read whole, and the names are then None.
+        """
         with self._lock:
             commands = self._commands()
             sha = self.resolve(commit)
             try:
                 head = git.Commit(commands.repo, bytes.fromhex(sha))
-                units, problems = self._read_commit(commands, head)
+                read, touched = None, None
+                if since is not None:
+                    read, touched = self._read_change(commands, since, head)
+                if read is None:
+                    read = self._read_commit(commands, head)
                 committed_at = float(head.committed_date)
             except OSError as exc:  # GitPython's own git processes could not start
                 raise SourceError(
                     f"cannot read {sha[:12]} in {self.display_repo}: {exc.strerror or exc}"
                 ) from exc
-            return DesiredState(
+            state = DesiredState(
                 repo=self.display_repo,
                 branch=self.branch,
                 path=self.settings.path,
                 commit=sha,
-                units=units,
-                problems=problems,
+                units=dict(read.units),
+                problems=read.problems,
                 committed_at=committed_at,
             )
+            return state, touched
 
     def worktree_files(self) -> list[str]:
         """Repo-relative paths below the unit path that git would consider (tracked, and
@@ -283,30 +305,83 @@ class GitSource:
 
     # -- reading a commit --------------------------------------------------------------
 
-    def _read_commit(self, commands: GitCommands, commit: git.Commit) -> Units:
+    def _unit_tree(self, commit: git.Commit) -> Any:
+        """The unit path's tree at ``commit``; None if there is none."""
         unit_path = self.settings.path
         root = commit.tree
         try:
             tree = root / unit_path if unit_path else root
         except KeyError:
-            return {}, ()  # no unit directory at this commit: it holds no units
+            return None  # no unit directory at this commit: it holds no units
         if tree.type != "tree":
             raise SourceError(
                 f"unit path '{unit_path}' is not a directory at commit {commit.hexsha[:12]} "
                 f"in {self.display_repo}"
             )
-        # Equal trees, equal results. Results that depend on a symlink's target also
-        # depend on the root tree.
-        memo = self._memo.get(tree.hexsha)
-        if memo is not None and memo[0] in (None, root.hexsha):
-            self._memo.move_to_end(tree.hexsha)
-            return dict(memo[1][0]), memo[1][1]
-        results, has_links = self._tree_results(commands, root, tree.hexsha)
-        units, problems = assemble(results)
-        self._memo[tree.hexsha] = (root.hexsha if has_links else None, (units, problems))
+        return tree
+
+    def _remembered(self, tree: str, root: str) -> Claims | None:
+        """A read of ``tree`` remembered; equal trees, equal results (those that depend
+        on a symlink's target also depend on the root tree)."""
+        memo = self._memo.get(tree)
+        if memo is None or memo[0] not in (None, root):
+            return None
+        self._memo.move_to_end(tree)
+        return memo[1]
+
+    def _remember(self, tree: str, root: str | None, claims: Claims) -> Claims:
+        self._memo[tree] = (root, claims)
         if len(self._memo) > _MEMO_TREES:
             self._memo.popitem(last=False)
-        return dict(units), problems
+        return claims
+
+    def _read_commit(self, commands: GitCommands, commit: git.Commit) -> Claims:
+        tree = self._unit_tree(commit)
+        if tree is None:
+            return Claims()
+        root = commit.tree
+        claims = self._remembered(tree.hexsha, root.hexsha)
+        if claims is not None:
+            return claims
+        results, has_links = self._tree_results(commands, root, tree.hexsha)
+        return self._remember(tree.hexsha, root.hexsha if has_links else None, Claims.of(results))
+
+    def _read_change(
+        self, commands: GitCommands, since: str, commit: git.Commit
+    ) -> tuple[Claims | None, frozenset[str] | None]:
+        """The read of ``commit`` made from the remembered read of ``since`` and a diff of
+        the two unit trees, with the names it touches; (None, None) if it cannot be."""
+        if not _FULL_SHA.match(since):
+            return None, None
+        tree = self._unit_tree(commit)
+        old_tree = self._unit_tree(git.Commit(commands.repo, bytes.fromhex(since)))
+        if tree is None or old_tree is None:
+            return None, None
+        old = self._memo.get(old_tree.hexsha)
+        if old is None or old[0] is not None:  # not remembered, or symlinks mattered
+            return None, None
+        before = old[1]
+        if tree.hexsha == old_tree.hexsha:
+            return self._remembered(tree.hexsha, commit.tree.hexsha) or before, frozenset()
+        changed: list[tuple[str, str]] = []  # (path, blob; "" when the file is gone)
+        for old_mode, new_mode, oid, rel in commands.diff_tree(old_tree.hexsha, tree.hexsha):
+            if old_mode in _DIFF_UNSURE or new_mode in _DIFF_UNSURE:
+                return None, None
+            if not is_hidden(rel) and is_unit_name(rel):
+                path = f"{self.settings.path}/{rel}" if self.settings.path else rel
+                changed.append((path, "" if new_mode == _ABSENT else oid))
+        claims = self._remembered(tree.hexsha, commit.tree.hexsha)
+        if claims is None:
+            results = self._results([(path, oid) for path, oid in changed if oid], commands)
+            claims, _ = before.changed([path for path, _ in changed], results)
+            self._remember(tree.hexsha, None, claims)
+        touched = {
+            result.name
+            for path, _ in changed
+            for result in (before.results.get(path), claims.results.get(path))
+            if result is not None and result.name is not None
+        }
+        return claims, frozenset(touched)
 
     def _tree_results(
         self, commands: GitCommands, root: Any, tree: str
@@ -327,13 +402,18 @@ class GitSource:
                 results += self._link_problem(commands, root, path, oid)
             elif is_unit_name(rel):
                 candidates.append((path, oid))
+        return results + self._results(candidates, commands), has_links
+
+    def _results(self, candidates: list[tuple[str, str]], commands: GitCommands) -> list[Result]:
+        """The results of the unit files ``(path, blob)``: cached, or read and parsed."""
+        results: list[Result] = []
         unread = []
         for key, hit in zip(candidates, self._parser.cached_many(candidates), strict=True):
             if hit is None:
                 unread.append(key)
             else:
                 results.append(hit)
-        return results + self._read_units(commands, unread), has_links
+        return results + self._read_units(commands, unread)
 
     def _read_units(self, commands: GitCommands, unread: list[tuple[str, str]]) -> list[Result]:
         if not unread:

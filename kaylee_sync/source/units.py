@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import re
 import threading
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from yaml.nodes import MappingNode, ScalarNode
@@ -23,6 +23,7 @@ from yaml.nodes import MappingNode, ScalarNode
 from kaylee_sync.errors import Issue, SpecError
 from kaylee_sync.plan.model import DesiredUnit, FileProblem
 from kaylee_sync.render import DEFAULT_UNIT_PREFIX, render_issues
+from kaylee_sync.source.claims import Claims
 from kaylee_sync.spec import load_unit_and_policy, policy_to_json, to_json
 from kaylee_sync.spec.codec import json_hash
 from kaylee_sync.spec.loader import MAX_BYTES, compose_node
@@ -161,34 +162,7 @@ def oversize(path: str, blob: str | None) -> FileProblem:
 
 
 def assemble(results: Iterable[Result]) -> tuple[dict[str, DesiredUnit], tuple[FileProblem, ...]]:
-    """Units by name, and every problem sorted by path; duplicate names reject all files.
-
-    A file that failed to load still counts as declaring its name: otherwise fixing a
-    typo in a copy of ``web.yaml`` would suddenly take ``web`` away from the original.
-    """
-    results = list(results)
-    claims = Counter(result.name for result in results)
-    units: dict[str, DesiredUnit] = {}
-    problems: list[FileProblem] = []
-    shared: dict[str, list[Result]] = {}  # names claimed by more than one file
-    for result in results:
-        name = result.name
-        if name is not None and claims[name] > 1:
-            shared.setdefault(name, []).append(result)
-        elif isinstance(result, DesiredUnit):
-            units[result.name] = result
-        else:
-            problems.append(result)
-    for name, claimants in shared.items():
-        for claim in claimants:
-            others = ", ".join(sorted(c.path for c in claimants if c is not claim))
-            issue = Issue(
-                claim.path,
-                0,
-                "name",
-                f"unit '{name}' is also declared in {others}; each unit needs exactly one file",
-            )
-            own = claim.issues if isinstance(claim, FileProblem) else ()
-            problems.append(FileProblem(claim.path, claim.blob, (*own, issue), name))
-    problems.sort(key=lambda p: p.path)
-    return units, tuple(problems)
+    """Units by name, and every problem sorted by path; duplicate names reject all files
+    (the rule is :class:`~kaylee_sync.source.claims.Claims`')."""
+    claims = Claims.of(results)
+    return claims.units, claims.problems

@@ -90,7 +90,7 @@ class Store:
 
     def unit_names(self) -> list[str]:
         start = self._key(keys.UNITS, is_prefix=True)
-        kvs = self._range(start, "list units", keys_only=True)
+        kvs, _, _ = self._range(start, "list units", keys_only=True)
         return [keys.relative_key(self.prefix, kv.key)[len(keys.UNITS) :] for kv in kvs]
 
     def put_unit(self, name: str, value: str) -> int:
@@ -144,22 +144,47 @@ class Store:
     def get_prefix(self, rel_prefix: str) -> list[StoredValue]:
         """Every key under ``rel_prefix`` ("" for the whole keyspace), sorted by key."""
         start = self._key(rel_prefix, is_prefix=True)
-        return [self._stored(kv) for kv in self._range(start, f"read {rel_prefix or 'keyspace'}")]
+        kvs, _, _ = self._range(start, f"read {rel_prefix or 'keyspace'}")
+        return [self._stored(kv) for kv in kvs]
 
-    def _range(self, start: str, action: str, *, keys_only: bool = False) -> list[Any]:
-        """Every key-value under the absolute prefix ``start``, sorted, read page by page.
+    def read_since(self, revision: int) -> tuple[list[StoredValue], int, int]:
+        """The keys of the whole keyspace written after ``revision`` (created or changed,
+        sorted by key), how many keys it holds in all, and the revision of the read.
+
+        A key deleted since shows only in the count: a caller that knew the keys at
+        ``revision`` finds that some are gone when its count of them, plus the keys new
+        here, is more than the count. etcd still scans the keyspace to filter it, but
+        sends only what changed.
+        """
+        start = self._key("", is_prefix=True)
+        kvs, count, at = self._range(start, "read keyspace changes", min_mod_revision=revision + 1)
+        return [self._stored(kv) for kv in kvs], count, at
+
+    def _range(
+        self, start: str, action: str, *, keys_only: bool = False, min_mod_revision: int = 0
+    ) -> tuple[list[Any], int, int]:
+        """Every key-value under the absolute prefix ``start``, sorted, read page by page;
+        with the number of keys under it and the revision of the read.
 
         Each page continues after the last key of the one before, and every page after
         the first reads at the first page's revision: together they are one consistent
         snapshot, exactly what a single range request would have returned.
+        ``min_mod_revision`` leaves out keys last written before it (the count does not).
         """
         cursor, end = start.encode(), prefix_range_end(start.encode())
         revision: int | None = None
+        count = 0
         limit = self.page_keys
         out: list[Any] = []
         while True:
             ask = functools.partial(
-                _range_page, cursor, end, limit=limit, revision=revision, keys_only=keys_only
+                _range_page,
+                cursor,
+                end,
+                limit=limit,
+                revision=revision,
+                keys_only=keys_only,
+                min_mod_revision=min_mod_revision or None,
             )
             try:
                 response = self._conn.call(action, ask)
@@ -169,9 +194,10 @@ class Store:
                     continue
                 raise
             out.extend(response.kvs)
+            if revision is None:
+                revision, count = int(response.header.revision), int(response.count)
             if not response.more or not response.kvs:
-                return out
-            revision = revision or int(response.header.revision)
+                return out, count, revision
             cursor = bytes(response.kvs[-1].key) + b"\0"  # the next key after the last
 
     def keys_outside(self, absolute_prefix: str) -> set[str]:
@@ -313,7 +339,14 @@ class Store:
 
 
 def _range_page(
-    start: bytes, end: bytes, client: Any, *, limit: int, revision: int | None, keys_only: bool
+    start: bytes,
+    end: bytes,
+    client: Any,
+    *,
+    limit: int,
+    revision: int | None,
+    keys_only: bool,
+    min_mod_revision: int | None,
 ) -> Any:
     return client.get_range_response(
         start,
@@ -323,6 +356,7 @@ def _range_page(
         limit=limit,
         revision=revision,
         keys_only=keys_only,
+        min_mod_revision=min_mod_revision,
     )
 
 

@@ -103,10 +103,11 @@ def apply_plan(
     """
     if plan.against != "etcd":
         raise UsageError(f"a plan made against {plan.against} cannot be applied to etcd")
-    creates = [e for e in plan.entries if e.action == Action.CREATE]
-    updates = [e for e in plan.entries if e.action == Action.UPDATE]
-    deletes = [e for e in plan.entries if e.action == Action.DELETE]
-    policies = [e for e in plan.entries if e.action == Action.POLICY]
+    changes = plan.changes
+    creates = [e for e in changes if e.action == Action.CREATE]
+    updates = [e for e in changes if e.action == Action.UPDATE]
+    deletes = [e for e in changes if e.action == Action.DELETE]
+    policies = [e for e in changes if e.action == Action.POLICY]
     unit_ops = _unit_ops(creates, updates, deletes, policies)
     final = next_inventory(plan, old_inventory)
     interim = _interim_inventory(old_inventory, final, [e.name for e in creates + updates])
@@ -120,18 +121,21 @@ def apply_plan(
     txns += ran
     written: dict[str, str | None] = {}  # inventory keys this apply wrote (None: deleted)
     base = old_inventory
+    changed = plan.index.recomputed  # the only units whose inventory entries may change
     if interim is not None:
-        groups = inventory_writes(interim, base, written)
+        groups = inventory_writes(interim, base, written, changed)
         txns += _run("listing new units in the inventory", store, groups, fence, batch)
         written.update(
             (op.key, op.value.decode() if op.kind == "put" else None) for op in _flat(groups)
         )
-        revisions = base.stored.revisions if base is not None else {}
-        base = replace(interim, stored=InventoryKeys(FORMAT_VERSION, revisions))
+        stored = base.stored if base is not None else InventoryKeys()
+        # what the shards listed when read still bounds what they may list now
+        listed = stored.listed if stored.version == FORMAT_VERSION else None
+        base = replace(interim, stored=InventoryKeys(FORMAT_VERSION, stored.revisions, listed))
     if unit_ops:
         txns += _run("writing units", store, unit_ops, fence, batch)
     # empty if nothing changes; a format-1 inventory is converted even then
-    last = inventory_writes(final, base, written)
+    last = inventory_writes(final, base, written, changed)
     inventory_written = interim is not None or bool(last)
     if held is None and prune_hold is not None:
         # with the header, which comes last: released only once the held units are gone
@@ -211,7 +215,7 @@ def _interim_inventory(
     base = old if old is not None else Inventory(final.repo, final.branch, final.path, "")
     units = dict(base.units)
     units.update((name, final.units[name]) for name in newly)
-    return Inventory(base.repo, base.branch, base.path, base.commit, dict(sorted(units.items())))
+    return Inventory(base.repo, base.branch, base.path, base.commit, units)
 
 
 def _hold_guard(seen: PruneHold | None) -> Compare:

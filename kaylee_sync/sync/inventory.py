@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from kaylee_sync.bounds import load_json
@@ -158,12 +158,58 @@ def _parse(value: bytes, key: str, parse: Any) -> Any:
         ) from None
 
 
-def assemble(header: StoredValue | None, shards: Sequence[StoredValue]) -> Inventory | None:
+class ShardCache:
+    """The shards as parsed, by key and mod revision, and the units they list together:
+    a shard is parsed again only once it changed (a sync that changes one unit rewrites
+    one shard, so reading the inventory again costs one shard, not 256)."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, tuple[int, dict[str, InventoryEntry]]] = {}
+        self._units: dict[str, InventoryEntry] = {}
+        self.changed: set[str] = set()  # units whose entries the last call changed
+
+    def units(self, shards: Sequence[StoredValue]) -> dict[str, InventoryEntry]:
+        """Every unit the ``shards`` (all of them, as read together) list (a new dict)."""
+        present = set()
+        self.changed = set()
+        for stored in shards:
+            present.add(stored.key)
+            seen = self._parsed.get(stored.key)
+            if seen is not None and seen[0] == stored.mod_revision:
+                continue
+            shard = stored.key[len(keys.OWNED) :]
+            entries = _parse(stored.value, stored.key, lambda d, s=shard: _shard(d, s))
+            before = seen[1] if seen is not None else {}
+            self._forget(seen)
+            self._units.update(entries)  # a unit is in one shard only (``_shard`` checks)
+            self.changed.difference_update(n for n in before if before[n] == entries.get(n))
+            self.changed.update(n for n in entries if before.get(n) != entries[n])
+            self._parsed[stored.key] = (stored.mod_revision, entries)
+        for key in [k for k in self._parsed if k not in present]:
+            self._forget(self._parsed.pop(key))
+        return dict(self._units)
+
+    def listed(self) -> dict[str, Collection[str]]:
+        """The units each shard lists (by shard, ``00`` to ``ff``), as last parsed."""
+        return {key[len(keys.OWNED) :]: parsed[1].keys() for key, parsed in self._parsed.items()}
+
+    def _forget(self, seen: tuple[int, dict[str, InventoryEntry]] | None) -> None:
+        for name in seen[1] if seen is not None else ():
+            self._units.pop(name, None)
+            self.changed.add(name)
+
+
+def assemble(
+    header: StoredValue | None,
+    shards: Sequence[StoredValue],
+    cache: ShardCache | None = None,
+) -> Inventory | None:
     """The inventory that ``sync/inventory`` and the ``sync/owned/`` keys read together
     (at one revision) say, carrying where it was read from (:class:`InventoryKeys`);
     None if there is none (no header and no shard). StoreError naming the key if one of
     them is malformed: never lenient, since an inventory read as empty would make every
-    managed unit look unmanaged (nothing pruned, ownership lost at the next write)."""
+    managed unit look unmanaged (nothing pruned, ownership lost at the next write).
+    ``cache`` keeps the parsed shards for the next call (a reader that reads again)."""
     revisions = {s.key: s.mod_revision for s in shards}
     if header is None:
         if not shards:
@@ -178,11 +224,9 @@ def assemble(header: StoredValue | None, shards: Sequence[StoredValue]) -> Inven
         if raw["v"] == ONE_VALUE:  # shards, if any, were left by a conversion that stopped
             one = _parse(header.value, header.key, lambda d: _one_value(base, d))
             return _with(one, one.units, InventoryKeys(ONE_VALUE, revisions))
-    units: dict[str, InventoryEntry] = {}
-    for stored in shards:
-        shard = stored.key[len(keys.OWNED) :]
-        units.update(_parse(stored.value, stored.key, lambda d, s=shard: _shard(d, s)))
-    return _with(base, dict(sorted(units.items())), InventoryKeys(FORMAT_VERSION, revisions))
+    cache = cache if cache is not None else ShardCache()
+    units = cache.units(shards)
+    return _with(base, units, InventoryKeys(FORMAT_VERSION, revisions, cache.listed()))
 
 
 def _with(inv: Inventory, units: dict[str, InventoryEntry], stored: InventoryKeys) -> Inventory:
@@ -247,7 +291,10 @@ def _string_map(doc: dict[str, Any], field: str) -> dict[str, str]:
 
 
 def inventory_writes(
-    target: Inventory, base: Inventory | None, written: Mapping[str, str | None]
+    target: Inventory,
+    base: Inventory | None,
+    written: Mapping[str, str | None],
+    changed: Collection[str] | None = None,
 ) -> list[list[Op]]:
     """The writes that turn the stored inventory ``base`` into ``target``, in order, as
     groups of ops that must land together (for :meth:`Store.apply_batched`).
@@ -260,6 +307,10 @@ def inventory_writes(
     written: with no inventory the header first (it then owns exactly the shards written
     so far, a subset of what is about to be created), from format 1 the header last
     (until then readers still see the format-1 value whole).
+
+    ``changed``: the only units whose entries may differ between ``base`` and
+    ``target`` (None: any may), so that a change of one unit costs one shard, not a
+    comparison of every entry.
     """
     stored = base.stored if base is not None else InventoryKeys()
     guard = _guard(keys.INVENTORY, stored, written)
@@ -267,9 +318,10 @@ def inventory_writes(
     if base is not None and stored.version == FORMAT_VERSION:
         # a shard's shorthand is relative to the path it carries, so a shard whose
         # entries stay is still right when the header's path changes
-        names = target.units.keys() | base.units.keys()
+        names = target.units.keys() | base.units.keys() if changed is None else changed
         touched = {shard_of(n) for n in names if target.units.get(n) != base.units.get(n)}
-        ops = _shard_ops(target, sorted(touched), stored, written)
+        known = stored.listed if changed is not None else None
+        ops = _shard_ops(target, sorted(touched), stored, written, _members(known, changed))
         same_header = encode_header(target) == encode_header(base)
         return [[op] for op in ops] + ([] if same_header else [[header]])
     owned = sorted(k[len(keys.OWNED) :] for k in stored.revisions if k.startswith(keys.OWNED))
@@ -278,13 +330,36 @@ def inventory_writes(
     return [[header], *shards] if base is None else [*shards, [header]]
 
 
+def _members(
+    listed: Mapping[str, Collection[str]] | None, changed: Collection[str] | None
+) -> Mapping[str, set[str]] | None:
+    """For each shard, the units that may be in it: those it listed when read and the
+    changed units that hash to it; None if what the shards listed is not known."""
+    if listed is None or changed is None:
+        return None
+    members: dict[str, set[str]] = {}
+    for name in changed:
+        members.setdefault(shard_of(name), set()).add(name)
+    for shard, names in listed.items():
+        members.setdefault(shard, set()).update(names)
+    return members
+
+
 def _shard_ops(
     target: Inventory,
     shards: Sequence[str],
     stored: InventoryKeys,
     written: Mapping[str, str | None],
+    members: Mapping[str, set[str]] | None = None,
 ) -> list[Op]:
-    names = _shards(target, shards)
+    if members is None:
+        names = _shards(target, shards)
+    else:
+        names = {}
+        for shard in shards:
+            found = sorted(n for n in members.get(shard, ()) if n in target.units)
+            if found:
+                names[shard] = found
     ops: list[Op] = []
     for shard in shards:
         key = keys.owned_key(shard)
@@ -312,19 +387,33 @@ def next_inventory(plan: Plan, old: Inventory | None) -> Inventory:
     that Git still claims but this sync leaves alone: invalid files, refused prunes and
     suspended units whose file is gone. Units the plan deletes are dropped, and so are
     old entries for units that are neither desired nor kept (already gone from etcd).
+
+    For an incremental plan only the units it decided anew are looked at: every other
+    entry is UNCHANGED, so its unit is in the commit with the file and blob ``old``
+    already lists (see :class:`~kaylee_sync.plan.model.PlanIndex`).
     """
     desired = plan.desired
-    units = {
-        name: InventoryEntry(path=unit.path, blob=unit.blob) for name, unit in desired.units.items()
-    }
-    if old is not None:
-        for entry in plan.entries:
-            if entry.action in _KEPT and entry.name not in units and entry.name in old.units:
-                units[entry.name] = old.units[entry.name]
+    recomputed = plan.index.recomputed
+    if recomputed is None or old is None:
+        units = {n: InventoryEntry(path=u.path, blob=u.blob) for n, u in desired.units.items()}
+        names: Iterable[str] = old.units if old is not None else ()
+    else:
+        units = dict(old.units)
+        names = recomputed
+    by_name = plan.index.by_name
+    for name in names:
+        unit = desired.units.get(name)
+        entry = by_name.get(name)
+        if unit is not None:
+            units[name] = InventoryEntry(path=unit.path, blob=unit.blob)
+        elif entry is not None and entry.action in _KEPT and old is not None and name in old.units:
+            units[name] = old.units[name]
+        else:
+            units.pop(name, None)
     return Inventory(
         repo=desired.repo,
         branch=desired.branch,
         path=desired.path,
         commit=desired.commit,
-        units=dict(sorted(units.items())),
+        units=units,
     )

@@ -20,6 +20,7 @@ write would be refused anyway.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from kaylee_sync.store.txn import DEFAULT_BATCH, Compare
 from kaylee_sync.sync.actual import read_actual
 from kaylee_sync.sync.apply import ApplyResult, apply_plan
 from kaylee_sync.sync.status import AttemptRecord, read_status, record_attempt, write_status
+from kaylee_sync.sync.view import EtcdView
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,9 @@ class SyncSettings:
     and the fence); a batch also closes before etcd's request size limit."""
     signatures: SignaturePolicy | None = None
     """Deploy only commits signed by allowed keys (issue 15); None: no check."""
+    full_every: float | None = 60.0
+    """Seconds after which a sync reads and plans everything again even though the last
+    one worked (``--resync``); None: only when in doubt (see :meth:`Syncer.sync_once`)."""
 
     @property
     def prune(self) -> PruneLimits:
@@ -96,6 +101,11 @@ class Syncer:
         self.is_leader = is_leader
         self.clock = clock
         self.last_commit = ""
+        self.view = EtcdView(store)
+        # The last sync's plan, if it worked: the base of the next, incremental one.
+        self._previous: Plan | None = None
+        self._full_at = -math.inf  # when the last full sync started (self.clock)
+        self.incremental_syncs = 0  # how many syncs were planned incrementally (tests, metrics)
         # What the last attempt reported about invalid files: the same complaint is
         # logged once, not at every poll while the commit stays the same.
         self._last_complaints: tuple[object, ...] = ()
@@ -133,27 +143,66 @@ class Syncer:
 
     # -- one attempt ---------------------------------------------------------------------
 
-    def sync_once(self, *, fetch: bool = True) -> SyncResult:
+    def sync_once(self, *, fetch: bool = True, full: bool = False) -> SyncResult:
         """Fetch, plan and apply once; record the attempt in ``sync/status``. Never raises
-        a KayleeError: the result says what failed."""
-        with collector_paused():
-            return self._sync_once(fetch)
+        a KayleeError: the result says what failed.
+
+        A sync after one that worked is incremental: only the files that differ from the
+        last synced commit are read, only the keys written since the last read come from
+        etcd, and only the units either touches are planned (:mod:`.view`). ``full`` (a
+        new leader, a restart) — or a failed or stopped sync before, or ``full_every``
+        passed — reads and plans everything instead."""
+        if full or self._full_due():
+            self._forget()
+        try:
+            with collector_paused():
+                result = self._sync_once(fetch)
+        except BaseException:
+            self._forget()  # whatever stopped it, nothing it read is a base any more
+            raise
+        if not result.ok:
+            self._forget()  # in doubt: the next sync reads and plans everything
+        return result
+
+    def _full_due(self) -> bool:
+        every = self.settings.full_every
+        return every is not None and self.clock() - self._full_at >= every
+
+    def _forget(self) -> None:
+        self._previous = None
+        self.view.forget()
 
     def _sync_once(self, fetch: bool) -> SyncResult:
         started = self.clock()
         stage = "git"
         commit = ""
+        previous, self._previous = self._previous, None
         try:
             commit = self.source.fetch() if fetch else self.source.resolve()
-            desired = self.source.desired(commit)
+            since = previous.desired.commit if previous is not None else None
+            desired, files = self.source.desired_since(since, commit)
             stage = "etcd"
-            actual = read_actual(self.store)
+            actual, keys_changed = self.view.read()
             if self.settings.signatures is not None:  # issue 15: refuse before planning
                 stage = "signature"
                 base = actual.inventory.commit if actual.inventory is not None else None
                 verify_commits(self.source.git_commands(), self.settings.signatures, base, commit)
                 stage = "etcd"
-            plan = self.plan(desired, actual)
+            touched = None if files is None or keys_changed is None else files | keys_changed
+            if touched is None:
+                self._full_at = started
+            else:
+                self.incremental_syncs += 1
+            plan = make_plan(
+                desired,
+                actual,
+                now=self.clock(),
+                prune=self.settings.prune,
+                unit_prefix=self.settings.unit_prefix,
+                generations=self.view.generations(),
+                previous=previous if touched is not None else None,
+                touched=touched,
+            )
             self._log_plan(plan, actual.prune_hold)
             if not self.is_leader():
                 return self._deposed(commit, started)
@@ -182,7 +231,7 @@ class Syncer:
             if brought and desired.committed_at is not None
             else None
         )
-        counts = {a.value: plan.count(a) for a in Action}
+        counts = {a.value: plan.count(a) for a in Action}  # cheap: see PlanIndex
         result = SyncResult(True, commit, plan, applied, "", "", done - started, lag, counts)
         if applied.created or applied.updated or applied.deleted or commit != self.last_commit:
             log.info(
@@ -197,6 +246,7 @@ class Syncer:
             )
         self._log_release(plan)
         self.last_commit = commit
+        self._previous = plan
         self._record(result)
         return result
 
@@ -227,7 +277,7 @@ class Syncer:
         return None if self.identity is None else Compare.value_equals(keys.MASTER, self.identity)
 
     def _log_plan(self, plan: Plan, held: PruneHold | None) -> None:
-        for entry in plan.entries:
+        for entry in plan.changes:
             if entry.action in (Action.UPDATE, Action.CREATE) and entry.reason.startswith("drift"):
                 log.warning("%s: %s", entry.name, entry.reason)
         complaints = (plan.desired.commit, tuple(i for p in plan.problems for i in p.issues))
@@ -247,7 +297,7 @@ class Syncer:
     def _log_release(self, plan: Plan) -> None:
         """Say that deletions the guard would refuse were made, once they were."""
         if plan.prune_overridden:
-            gone = [e.name for e in plan.entries if e.action == Action.DELETE]
+            gone = [e.name for e in plan.changes if e.action == Action.DELETE]
             shown = ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
             log.warning(
                 "prune guard lifted by --allow-prune: deleted %d units (%s); it would say: %s",
