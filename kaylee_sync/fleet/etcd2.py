@@ -390,7 +390,7 @@ class Etcd2Client:
         """A write through the wire: the next endpoint is tried only if this one surely
         did not get it (a write that may have been applied is never repeated here)."""
         target = path + ("?" + urlencode(params) if params else "")
-        form = urlencode(data).encode() if data is not None else None
+        form = _form(data) if data is not None else None
         failures: list[str] = []
         count = len(self.endpoints)
         for attempt in range(count):
@@ -443,6 +443,17 @@ class Etcd2Client:
 
 class _WatchTimeout(Exception):
     """Internal: a long poll ended without an event."""
+
+
+def _percent(text: str) -> str:
+    # Every byte percent-encoded: valid form encoding (any octet may be escaped), and one
+    # C call, where urlencode's per-character quoting cost ~0.2 ms for a unit body.
+    return "%" + text.encode().hex("%") if text else ""
+
+
+def _form(data: Mapping[str, str]) -> bytes:
+    """``data`` as an application/x-www-form-urlencoded body."""
+    return "&".join(f"{k}={_percent(v)}" for k, v in data.items()).encode("ascii")  # our names
 
 
 def _index(header: str | None) -> int:
