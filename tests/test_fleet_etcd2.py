@@ -68,6 +68,9 @@ def test_fleet_names_with_colon_at_and_star_round_trip(client: Etcd2Client, base
 
 def test_key_path_escapes_reserved_characters() -> None:
     assert key_path("a//b?c#d %e") == "/v2/keys/a/b%3Fc%23d%20%25e"
+    assert key_path("/p/job/../../etc/passwd:x/object") == "/v2/keys/etc/passwd%3Ax/object"
+    assert key_path("/../../x/./y/") == "/v2/keys/x/y/"
+    assert key_path("/") == key_path("") == key_path("..") == "/v2/keys/"
 
 
 def test_recursive_sorted_get_lists_the_tree(client: Etcd2Client, base: str) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import posixpath
 import re
 import ssl
 import threading
@@ -152,9 +153,13 @@ def _node(raw: Mapping[str, Any], etcd_index: int = 0) -> Node:
 
 
 def key_path(key: str) -> str:
-    """The URL path for ``key``: absolute, no doubled slashes, every odd byte escaped."""
-    key = "/" + re.sub("/+", "/", key).lstrip("/")
-    return "/v2/keys" + quote(key, safe="/")
+    """The URL path for ``key``: absolute, no doubled slashes, every odd byte escaped,
+    and ``.``/``..`` segments resolved as etcd resolves them (it cleans every key), so
+    that a hostile name can neither climb out of ``/v2/keys`` nor meet a redirect."""
+    trailing = "/" if key.endswith("/") and key.strip("/") else ""
+    key = posixpath.normpath("/" + re.sub("/+", "/", key).lstrip("/"))
+    key = "/" + key.lstrip("/")  # normpath keeps a leading "//"
+    return "/v2/keys" + quote(key.rstrip("/") + trailing if key != "/" else "/", safe="/")
 
 
 def _flag(value: bool) -> str:
@@ -419,6 +424,8 @@ class Etcd2Client:
             body = json.loads(content) if content else {}
         except ValueError:
             body = None
+        if 300 <= status < 400:  # etcd's v2 API does not redirect: a proxy, or a bad path
+            raise Etcd2Error(f"etcd v2 at {endpoint}: redirected, HTTP {status} ({method} {key})")
         if status in (401, 403) and not (isinstance(body, dict) and "errorCode" in body):
             # v2 auth answers 401 {"message": "Insufficient credentials"}: no errorCode
             raise Etcd2Error(f"etcd v2 at {endpoint}: permission denied ({method} {key})")
