@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -67,6 +68,9 @@ def test_fleet_names_with_colon_at_and_star_round_trip(client: Etcd2Client, base
 
 def test_key_path_escapes_reserved_characters() -> None:
     assert key_path("a//b?c#d %e") == "/v2/keys/a/b%3Fc%23d%20%25e"
+    assert key_path("/p/job/../../etc/passwd:x/object") == "/v2/keys/etc/passwd%3Ax/object"
+    assert key_path("/../../x/./y/") == "/v2/keys/x/y/"
+    assert key_path("/") == key_path("") == key_path("..") == "/v2/keys/"
 
 
 def test_recursive_sorted_get_lists_the_tree(client: Etcd2Client, base: str) -> None:
@@ -170,6 +174,28 @@ def test_watch_with_index_outside_history_is_cleared(client: Etcd2Client, base: 
 def test_index_reports_cluster_index(client: Etcd2Client, base: str) -> None:
     written = client.set(base + "/i", "x")
     assert client.index() >= written.modified_index
+
+
+def test_large_values_and_every_odd_character_round_trip(client: Etcd2Client, base: str) -> None:
+    # an answer over 2 KiB comes chunked; every byte of the form is percent-encoded
+    value = "x" * 100_000 + "é\n&=+%20\u2028\x00 ;\"'"
+    assert client.set(base + "/big", value).value == value
+    assert client.create(base + "/big2", value).value == value
+    assert client.get(base + "/big").value == value  # type: ignore[union-attr]
+    assert client.set(base + "/empty", "").value == ""
+
+
+def test_a_write_that_may_have_been_applied_is_not_sent_elsewhere(
+    etcd_endpoint: str, base: str
+) -> None:
+    silent = socket.socket()  # accepts connections (the backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    with silent, Etcd2Client([f"http://127.0.0.1:{silent.getsockname()[1]}", etcd_endpoint],
+                             timeout=0.5) as c:  # fmt: skip
+        with pytest.raises(Etcd2Unavailable, match="timed out"):
+            c.set(base + "/once", "1")
+        assert c.get(base + "/once") is None  # the live endpoint never got it
 
 
 def test_fails_over_to_a_live_endpoint(etcd_endpoint: str, base: str) -> None:
