@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
+from typing import Any
 
 # Scalars go through the C encoder. ``json.dumps(indent=2)`` cannot use it: it falls back
 # to the pure-Python encoder, which is slow and leaves a garbage cycle per call (closures
 # that call each other), 28 MB of them in a plan of 10,000 creates while a sync holds
 # the cyclic collector (bench/repo_sync, bench/daemon_rss).
 _SCALAR = json.JSONEncoder(ensure_ascii=False).encode
+# The C function that encoder applies to a str (the same text, without its dispatch):
+# strings are nearly every scalar of a spec.
+_STRING: Callable[[str], str] = (
+    getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+)
 
 
 def pretty(value: str) -> str:
@@ -29,14 +36,20 @@ def pretty(value: str) -> str:
         return value
 
 
-def _indented(data: object, newline: str) -> str:
+def _indented(data: Any, newline: str) -> str:
     """``data`` as JSON, each member on a line of its own after ``newline`` + 2 spaces."""
+    kind = type(data)
+    if kind is str:
+        return _STRING(data)
     inner = newline + "  "
-    if isinstance(data, dict) and data:
-        members = (f"{_SCALAR(key)}: {_indented(item, inner)}" for key, item in data.items())
+    if kind is dict and data:
+        members = [
+            f"{_STRING(key)}: {_STRING(item) if type(item) is str else _indented(item, inner)}"
+            for key, item in data.items()
+        ]
         return "{" + inner + ("," + inner).join(members) + newline + "}"
-    if isinstance(data, list) and data:
-        items = (_indented(item, inner) for item in data)
+    if kind is list and data:
+        items = [_STRING(i) if type(i) is str else _indented(i, inner) for i in data]
         return "[" + inner + ("," + inner).join(items) + newline + "]"
     return _SCALAR(data)
 
@@ -59,13 +72,37 @@ def unified_diff(old: str | None, new: str | None, old_label: str, new_label: st
 
 
 def _diff(a: str, b: str, old_label: str, new_label: str) -> str:
+    a_lines, b_lines = _lines(a), _lines(b)
+    if not a_lines or not b_lines:
+        # A create or a delete: one hunk holding every line. Written directly, as
+        # difflib writes it (tests/test_plan_diffs.py compares the two), because a
+        # cold plan of 10,000 creates spent a third of its time in difflib's matcher.
+        return _one_sided(a_lines, b_lines, old_label, new_label)
     # Split on "\n" only: str.splitlines would also break at U+2028 and friends, which
     # JSON strings may hold literally once pretty-printed.
     lines = difflib.unified_diff(
-        _lines(a), _lines(b), fromfile=old_label, tofile=new_label, lineterm=""
+        a_lines, b_lines, fromfile=old_label, tofile=new_label, lineterm=""
     )
     out = "\n".join(lines)
     return out + "\n" if out else ""
+
+
+def _one_sided(a: list[str], b: list[str], old_label: str, new_label: str) -> str:
+    """difflib.unified_diff's output when ``a`` or ``b`` is empty ("" when both are)."""
+    if not a and not b:
+        return ""
+    sign, lines = ("+", b) if b else ("-", a)
+    old_range = _range(len(a))
+    new_range = _range(len(b))
+    head = f"--- {old_label}\n+++ {new_label}\n@@ -{old_range} +{new_range} @@\n"
+    return head + sign + f"\n{sign}".join(lines) + "\n"
+
+
+def _range(length: int) -> str:
+    """difflib's ``_format_range_unified`` for a range starting at the first line."""
+    if length == 0:
+        return "0,0"
+    return "1" if length == 1 else f"1,{length}"
 
 
 def _lines(text: str) -> list[str]:

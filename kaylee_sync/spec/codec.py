@@ -146,9 +146,22 @@ def go_json(data: Any) -> str:
     return text
 
 
+_JSON_SLOT = "_canonical_json"  # where to_json keeps its answer in the spec's __dict__
+
+
 def to_json(spec: UnitSpec) -> str:
-    """The canonical JSON stored in etcd: identical to the Go original's bytes."""
-    return go_json(spec_to_dict(spec))
+    """The canonical JSON stored in etcd: identical to the Go original's bytes.
+
+    Remembered on the spec itself: a cold plan asks for it at load time (the stored
+    value), for the render check's hash and again for every create's fleet unit names.
+    A UnitSpec is frozen and holds only tuples of frozen values, so the text cannot go
+    stale; it lives outside the dataclass fields, so equality, hash and repr ignore it.
+    """
+    cached: str | None = spec.__dict__.get(_JSON_SLOT)
+    if cached is None:
+        cached = go_json(spec_to_dict(spec))
+        spec.__dict__[_JSON_SLOT] = cached  # not setattr: the dataclass is frozen
+    return cached
 
 
 def go_json_bytes(spec: UnitSpec) -> bytes:
