@@ -39,6 +39,7 @@ order keeps ownership safe when an apply stops half way is in :mod:`.apply`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -63,6 +64,7 @@ _REBUILD = (
 )
 
 
+@functools.lru_cache(maxsize=1 << 17)  # asked several times per unit by one apply
 def shard_of(name: str) -> str:
     """The shard a unit is listed in: two hex digits, ``00`` to ``ff``."""
     return hashlib.sha1(name.encode("utf-8")).hexdigest()[:2]
