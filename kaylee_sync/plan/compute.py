@@ -97,7 +97,8 @@ def make_plan(
     for name, inv in deletions.items():
         entries[name] = planner.delete_entry(name, inv, verdict)
     if previous is not None and touched is not None:
-        everything = kept | entries
+        everything = kept  # the last use of kept: no second copy of 10,000 entries
+        everything.update(entries)
         same = everything.keys() == previous.index.by_name.keys()
         names = map(_NAME, previous.entries) if same else sorted(everything)
         notable = tuple(

@@ -35,7 +35,7 @@ from kaylee_sync.source import GitSource, redact
 from kaylee_sync.source.signatures import SignaturePolicy, verify_commits
 from kaylee_sync.store import Store, keys
 from kaylee_sync.store.txn import DEFAULT_BATCH, Compare
-from kaylee_sync.sync.actual import read_actual
+from kaylee_sync.sync.actual import Keyspace, read_actual
 from kaylee_sync.sync.apply import ApplyResult, apply_plan
 from kaylee_sync.sync.status import AttemptRecord, read_status, record_attempt, write_status
 from kaylee_sync.sync.view import EtcdView
@@ -132,14 +132,10 @@ class Syncer:
         )
 
     def _generations(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for stored in self.store.get_prefix(keys.RESTART):
-            name = stored.key[len(keys.RESTART) :]
-            try:
-                out[name] = int(stored.value.decode("ascii").strip())
-            except (UnicodeDecodeError, ValueError):
-                continue  # the scheduler reports a bad generation; the plan just shows 0
-        return out
+        """Restart generations by unit, decoded as an incremental sync's view decodes them."""
+        space = Keyspace()
+        space.ingest(self.store.get_prefix(keys.RESTART))
+        return space.generations
 
     # -- one attempt ---------------------------------------------------------------------
 

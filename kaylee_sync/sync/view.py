@@ -20,6 +20,7 @@ from __future__ import annotations
 from kaylee_sync.plan.model import ActualState
 from kaylee_sync.store import Store
 from kaylee_sync.sync.actual import Keyspace
+from kaylee_sync.sync.inventory import FORMAT_VERSION
 
 
 class EtcdView:
@@ -47,7 +48,8 @@ class EtcdView:
                     touched = space.ingest(changed)
                     state = space.state()
                     self._revision = revision
-                    if state.inventory is not None and state.inventory.stored.version != 2:
+                    inventory = state.inventory
+                    if inventory is not None and inventory.stored.version != FORMAT_VERSION:
                         return state, None  # a format-1 inventory does not say what changed
                     return state, frozenset(touched | space.shard_cache.changed)
             self._space = None
