@@ -8,7 +8,7 @@ the moment an etcd watch on ``units/`` delivers the new value (a watch, not poll
 the observer neither adds load nor rounds the numbers up).
 
 - **watch** (target p50 < 100 ms): the repository is read in place and its ref files
-  are watched (a 75 ms debounce swallows the burst of one commit); the poll interval is
+  are watched (each ref change requests a sync at once; no debounce); the poll interval is
   an hour, so only the watch can bring a commit in.
 - **poll** (no target; context for ``--interval``): the same repository as a ``file://``
   remote, fetched every second. Commits are made at random moments (a fixed seed) so

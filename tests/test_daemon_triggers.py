@@ -258,7 +258,7 @@ def test_stop_joins_every_thread_and_may_be_called_twice(tmp_path: Path) -> None
     before = set(threading.enumerate())
     triggers = Triggers(SyncQueue(), interval=0.1, watch_paths=ref_paths(repo.path / ".git"))
     triggers.start()
-    assert len(set(threading.enumerate()) - before) >= 3  # scheduler, observer, debounce
+    assert len(set(threading.enumerate()) - before) >= 3  # scheduler, observer, ref requests
     time.sleep(0.25)  # let a poll job run in the executor's worker thread
     triggers.stop()
     triggers.stop()

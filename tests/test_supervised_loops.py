@@ -308,10 +308,10 @@ def test_the_ref_watch_loop_goes_on_after_an_unexpected_exception(
     with running(daemon):
         wait_for(lambda: daemon.last_result is not None and daemon.last_result.ok, 20)
         fault = Fault()
-        fault.wrap(daemon.queue, "request")  # the debounce thread's one call
+        fault.wrap(daemon.queue, "request")  # the ref request thread's one call
         fault.arm("raise")
         repo.write("units/web.yaml", unit_yaml("web", "example.com/web:2"))
-        repo.commit("web 2")  # the debounce thread's request raises
+        repo.commit("web 2")  # the ref request thread's request raises
         wait_for(lambda: fault.hits == 1, 20, "the injected exception")
         beat = beat_of(daemon, "ref-watch")
         wait_for(lambda: beat.failures.total == 1, 20, "the failure counted")

@@ -207,6 +207,7 @@ class Daemon(Service):
 
     def _warm(self, reason: str) -> None:
         """A standby keeps its clone fresh so that taking over needs no clone."""
+        self.syncer.forget()  # nothing of a past term is kept (its watch would only grow)
         if reason.strip() == "leader":
             return
         try:

@@ -15,13 +15,13 @@ ten times — costs one sync, and two syncs never overlap.
   ``refs/heads/<branch>``, ``packed-refs`` and ``HEAD`` by renaming a ``.lock`` file
   over them, which a watch on the file itself would miss (the watched inode is gone), so
   the *directories* are watched and events are filtered on their source/destination
-  path. One commit produces several events; a short debounce turns them into one
-  request.
+  path. Each change requests a sync at once; the queue merges those that come while
+  a sync runs into one more.
 
 Both are supervised (:mod:`kaylee_sync.supervise`) when given a :class:`Loops`: every
 poll tick beats the ``poll`` heartbeat (so a timer thread that died or hangs turns
-/healthz red one interval plus the bound later), and the debounce thread and the
-observer thread count as dead if they end before :meth:`Triggers.stop`. The debounce
+/healthz red one interval plus the bound later), and the request thread and the
+observer thread count as dead if they end before :meth:`Triggers.stop`. The request
 loop survives any exception.
 """
 
@@ -53,12 +53,12 @@ from kaylee_sync.supervise import FOREVER, Heartbeat, Loops
 
 log = logging.getLogger(__name__)
 
-#: seconds between the first ref event and the request: long enough to swallow the
-#: lock-create/rename/reflog burst of one ``git commit`` (under 1 ms between the lock and
-#: the rename), short enough to keep commit → etcd under 100 ms for a repository of
-#: 1,000 units (bench/commit_latency): the debounce is most of that budget. A burst that
-#: outlasts it costs one more sync at most, which the queue coalesces.
-DEBOUNCE = 0.025
+#: There is no debounce. A ``git commit`` changes a watched ref once (the rename of its
+#: ``.lock``), and the events of a longer burst (a rebase, a fetch of many branches) that
+#: arrive while a sync runs are merged by the queue into one more sync. A sync that
+#: finds nothing new is an incremental one (tens of ms at 10,000 units), about what a
+#: fixed delay would cost every commit; the delay of 25 ms that was here (75 ms before)
+#: was most of commit → etcd (bench/commit_latency, issue 14).
 #: what changes a ref. Not opens and closes: every ``git status`` — and every sync, which
 #: reads HEAD — opens these files, and a sync must not trigger the next one.
 REF_CHANGES = (FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent)
@@ -107,16 +107,16 @@ class SyncQueue:
 
 
 class _RefEvents(FileSystemEventHandler):
-    """Turns filesystem events on the watched ref files into one debounced request."""
+    """Turns filesystem events on the watched ref files into sync requests."""
 
     def __init__(self, queue: SyncQueue, targets: set[str], heartbeat: Heartbeat) -> None:
         self.queue = queue
         self.targets = targets
         self.heartbeat = heartbeat  # idle forever: it waits for events that may never come
         self._cond = threading.Condition()
-        self._armed_at: float | None = None
+        self._armed = False  # a ref changed since the last request
         self._stopping = False
-        self.thread = threading.Thread(target=self._run, name="kaylee-ref-debounce", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="kaylee-ref-requests", daemon=True)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if not isinstance(event, REF_CHANGES):
@@ -125,9 +125,8 @@ class _RefEvents(FileSystemEventHandler):
         if not any(p and os.path.abspath(os.fsdecode(p)) in self.targets for p in paths):
             return
         with self._cond:
-            if self._armed_at is None:
-                self._armed_at = time.monotonic()
-                self._cond.notify_all()
+            self._armed = True
+            self._cond.notify_all()
 
     def _run(self) -> None:
         failures = self.heartbeat.failures
@@ -143,17 +142,11 @@ class _RefEvents(FileSystemEventHandler):
     def _step(self) -> bool:
         """Wait for a ref change and request a sync; False once stopping."""
         with self._cond:
-            self._cond.wait_for(lambda: self._stopping or self._armed_at is not None)
-            if self._stopping or self._armed_at is None:
-                return False
-            # A fixed delay from the *first* event (not reset by later ones) bounds the
-            # latency even while a rebase keeps rewriting the ref.
-            due = self._armed_at + DEBOUNCE
-            while not self._stopping and (left := due - time.monotonic()) > 0:
-                self._cond.wait(left)
+            self._cond.wait_for(lambda: self._stopping or self._armed)
             if self._stopping:
                 return False
-            self._armed_at = None
+            self._armed = False
+        # Outside the lock: the observer's events never wait for the queue.
         self.queue.request("commit")
         return True
 

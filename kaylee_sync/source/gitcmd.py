@@ -13,6 +13,7 @@ is never read), one ``cat-file --batch`` streaming contents one blob at a time.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,16 @@ _GENERIC = (
     "Please make sure you have the correct access rights",
     "and the repository exists",
 )
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+_MODE_TREE = "040000"
+_ABSENT = "000000"  # git diff-tree's mode of a file that is not there
+_NULL_OID = "0" * 40
+# A tree object: entries of "<octal mode> <name>\0<20-byte id>", nothing else.
+_TREE_ENTRY = re.compile(rb"([0-7]{5,6}) ([^\0]+)\0(.{20})", re.DOTALL)
+_TREE = re.compile(rb"(?:[0-7]{5,6} [^\0]+\0.{20})*", re.DOTALL)
+# Up to this many blobs are read through GitPython's persistent cat-file processes
+# (a commit's few changed files); more are streamed by a batch process of their own.
+_FEW_BLOBS = 16
 
 
 class GitCommands:
@@ -59,12 +70,32 @@ class GitCommands:
 
     def rev_parse(self, name: str) -> str:
         """The commit ``name`` names, or "" — read from disk every time, never cached."""
+        quick = self._commit_in_process(name)
+        if quick:
+            return quick
         status, out, err = self._status("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}")
         if status == 0:
             return out.strip()
         if err.strip():  # --quiet silences "no such ref": this is git refusing to work
             raise SourceError(f"git rev-parse failed for {self.display}: {reason(err)}")
         return ""
+
+    def _commit_in_process(self, name: str) -> str:
+        """``rev_parse`` of a full commit id or a plain ref without starting a git: the
+        ref's file (or packed-refs) read by GitPython, the object's type asked of the
+        ``cat-file`` process GitPython keeps. "" whenever that is not plainly a commit
+        (a tag to peel, a missing object, a ref format it does not read): git decides."""
+        try:
+            if _FULL_SHA.match(name):
+                sha = name
+            elif name == "HEAD" or name.startswith("refs/"):
+                sha = git.SymbolicReference.dereference_recursive(self.repo, name)
+            else:
+                return ""
+            info = self.repo.odb.info(bytes.fromhex(sha))
+        except Exception:
+            return ""
+        return sha if info.type == b"commit" and _FULL_SHA.match(sha) else ""
 
     def current_branch(self) -> str:
         """The checked-out branch; "HEAD" when detached."""
@@ -97,13 +128,92 @@ class GitCommands:
             changes.append((old_mode, new_mode, new_oid, path))
         return changes
 
+    def _blobs_in_process(self, oids: Sequence[str]) -> list[tuple[str, bytes]] | None:
+        """A few blobs from GitPython's ``cat-file`` process (no new git); None if any
+        is not a readable blob (the batch process then says which)."""
+        out = []
+        try:
+            for oid in oids:
+                stream = self.repo.odb.stream(bytes.fromhex(oid))
+                data = stream.read()
+                if stream.type != b"blob" or len(data) != stream.size:
+                    return None
+                out.append((oid, data))
+        except Exception:
+            return None
+        return out
+
+    def diff_trees(self, old: str, new: str) -> list[tuple[str, str, str, str]]:
+        """:meth:`diff_tree`, read in-process: tree objects come from GitPython's
+        ``cat-file`` process and a subtree whose id is the same on both sides is skipped,
+        so the cost is that of the trees on the changed paths. Falls back to
+        ``git diff-tree`` if a tree is malformed or unreadable."""
+        changes: list[tuple[str, str, str, str]] = []
+        try:
+            self._diff_trees(old, new, "", changes)
+        except Exception:
+            return self.diff_tree(old, new)
+        changes.sort(key=lambda change: os.fsencode(change[3]))  # git's order
+        return changes
+
+    def _diff_trees(
+        self, old: str | None, new: str | None, prefix: str, out: list[tuple[str, str, str, str]]
+    ) -> None:
+        before, after = self._tree_entries(old), self._tree_entries(new)
+        # Entries equal on both sides (the bulk of a large directory) drop out as raw
+        # bytes, in C; only what differs is decoded.
+        gone, came = before - after, after - before
+        was = {name: (_mode(mode), oid.hex()) for mode, name, oid in gone}
+        now = {name: (_mode(mode), oid.hex()) for mode, name, oid in came}
+        for raw in was.keys() | now.keys():
+            old_entry, new_entry = was.get(raw), now.get(raw)
+            path = prefix + os.fsdecode(raw)
+            old_tree = old_entry is not None and old_entry[0] == _MODE_TREE
+            new_tree = new_entry is not None and new_entry[0] == _MODE_TREE
+            if old_tree or new_tree:  # -r: a subtree's files, each on its own
+                if old_entry is not None and not old_tree:
+                    out.append((old_entry[0], _ABSENT, _NULL_OID, path))
+                if new_entry is not None and not new_tree:
+                    out.append((_ABSENT, new_entry[0], new_entry[1], path))
+                self._diff_trees(
+                    old_entry[1] if old_entry is not None and old_tree else None,
+                    new_entry[1] if new_entry is not None and new_tree else None,
+                    path + "/",
+                    out,
+                )
+            else:
+                out.append(
+                    (old_entry[0] if old_entry else _ABSENT, new_entry[0] if new_entry else _ABSENT,
+                     new_entry[1] if new_entry else _NULL_OID, path)
+                )  # fmt: skip
+
+    def _tree_entries(self, tree: str | None) -> set[tuple[bytes, bytes, bytes]]:
+        """The raw ``(mode, name, object id)`` entries of one tree object; none for None.
+        ValueError unless the object is a well-formed tree of plain names."""
+        if tree is None:
+            return set()
+        stream = self.repo.odb.stream(bytes.fromhex(tree))
+        data = stream.read()
+        if stream.type != b"tree" or not _TREE.fullmatch(data):
+            raise ValueError(f"{tree} is not a well-formed tree")
+        entries = set(_TREE_ENTRY.findall(data))
+        if any(name in (b".", b"..") or b"/" in name for _, name, _ in entries):
+            raise ValueError(f"{tree} has an entry git would refuse")
+        return entries
+
     def blob_sizes(self, oids: Sequence[str]) -> dict[str, int]:
+        if len(oids) <= _FEW_BLOBS:
+            try:
+                return {oid: self.repo.odb.info(bytes.fromhex(oid)).size for oid in oids}
+            except Exception:
+                pass
         with _object_list(oids) as stdin:
             out = self.run("cat-file", "--batch-check", istream=stdin)
         sizes = {}
         for line in out.splitlines():
-            oid, _, size = line.split(" ")
-            sizes[oid] = int(size)
+            fields = line.split(" ")
+            if len(fields) == 3:  # "<oid> missing" names a blob that is not there
+                sizes[fields[0]] = int(fields[2])
         missing = set(oids) - set(sizes)
         if missing:
             raise SourceError(f"blob {min(missing)} is missing from {self.display}")
@@ -111,6 +221,11 @@ class GitCommands:
 
     def blob_contents(self, oids: Sequence[str]) -> Iterator[tuple[str, bytes]]:
         """Streams ``(oid, data)``: one blob in memory at a time, whatever their total."""
+        if len(oids) <= _FEW_BLOBS:
+            read = self._blobs_in_process(oids)
+            if read is not None:
+                yield from read
+                return
         with _object_list(oids) as stdin:
             try:
                 proc = self.repo.git.execute(
@@ -209,3 +324,8 @@ def _object_list(oids: Sequence[str]) -> Iterator[BinaryIO]:
         file.write("".join(f"{oid}\n" for oid in oids).encode())
         file.seek(0)
         yield file
+
+
+def _mode(raw: bytes) -> str:
+    """A tree entry's mode as diff-tree prints it (trees are stored as "40000")."""
+    return raw.decode("ascii").rjust(6, "0")

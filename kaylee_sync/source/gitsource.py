@@ -364,7 +364,7 @@ class GitSource:
         if tree.hexsha == old_tree.hexsha:
             return self._remembered(tree.hexsha, commit.tree.hexsha) or before, frozenset()
         changed: list[tuple[str, str]] = []  # (path, blob; "" when the file is gone)
-        for old_mode, new_mode, oid, rel in commands.diff_tree(old_tree.hexsha, tree.hexsha):
+        for old_mode, new_mode, oid, rel in commands.diff_trees(old_tree.hexsha, tree.hexsha):
             if old_mode in _DIFF_UNSURE or new_mode in _DIFF_UNSURE:
                 return None, None
             if not is_hidden(rel) and is_unit_name(rel):

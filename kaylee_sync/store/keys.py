@@ -17,6 +17,8 @@ Layout (relative to the prefix, default ``/kaylee2``)::
     sync/prune-hold              JSON: deletions the prune guard refused, held until released
     sync/request                 JSON: an operator's "sync now" (``kaylee-sync sync``),
                                  acknowledged by the leader that picked it up
+    sync/view-mark               a token the leader's sync writes and waits to see in
+                                 its own watch: every change before it has then arrived
     restart/<name>               restart generation (a decimal integer)
     policy/<name>                JSON: the unit file's rollout: and health: sections, kept
                                  out of units/<name> (same JSON and hash as the original)
@@ -38,6 +40,7 @@ INVENTORY = "sync/inventory"
 OWNED = "sync/owned/"
 STATUS = "sync/status"
 SYNC_REQUEST = "sync/request"
+VIEW_MARK = "sync/view-mark"  # a sync's barrier in its own watch (sync/view.py)
 SUSPENDED = "sync/suspended/"
 PRUNE_HOLD = "sync/prune-hold"
 RESTART = "restart/"

@@ -21,7 +21,7 @@ from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.store import keys
 from kaylee_sync.store.connection import Connection
 from kaylee_sync.store.txn import DEFAULT_BATCH, ETCD_MAX_TXN_OPS, Compare, Op, batches, packed
-from kaylee_sync.store.watching import WatchEvent, open_watch
+from kaylee_sync.store.watching import WatchEvent, WatchStream, open_stream, open_watch
 
 # Keys per range request. A prefix read in one response stops working past grpc's message
 # limit (64 MiB, see store/connection.py): 10,000 units of a few KiB fit, 70 of 1 MiB do
@@ -263,6 +263,11 @@ class Store:
         """
         start = self._key(rel_prefix, is_prefix=True).encode()
         return open_watch(self._conn, self.prefix, start, prefix_range_end(start), start_revision)
+
+    def watch_stream(self, rel_prefix: str, start_revision: int | None = None) -> WatchStream:
+        """:meth:`watch_prefix` as a :class:`WatchStream` (events, ``take_until``, cancel)."""
+        start = self._key(rel_prefix, is_prefix=True).encode()
+        return open_stream(self._conn, self.prefix, start, prefix_range_end(start), start_revision)
 
     # -- transactions ------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -41,7 +43,9 @@ class WatchEvent:
 _END = object()
 
 
-class _Watch:
+class WatchStream:
+    """One open watch: its events in order, :meth:`take_until` with a deadline, cancel."""
+
     def __init__(
         self,
         conn: Connection,
@@ -60,6 +64,7 @@ class _Watch:
         self._stop = threading.Event()
         self._cancelled = False
         self._queue: queue.Queue[Any] = queue.Queue()
+        self._pending: deque[WatchEvent] = deque()  # decoded, not yet taken (take_until)
         self._call: Any = None
 
     def start(self, client: Any) -> None:
@@ -120,30 +125,63 @@ class _Watch:
             item = self._queue.get()
             if item is _END or self._cancelled:
                 return
-            if isinstance(item, BaseException):
-                raise self._conn.translate("watch", item) from item
-            if item.canceled or item.compact_revision:
-                reason = item.cancel_reason or f"revision compacted to {item.compact_revision}"
-                raise StoreError(f"etcd cancelled the watch: {reason}")
-            for ev in item.events:
-                yield WatchEvent(
-                    type="delete" if ev.type == kv_pb2.Event.DELETE else "put",
-                    key=relative_key(self._prefix, ev.kv.key),
-                    value=bytes(ev.kv.value),
-                    mod_revision=int(ev.kv.mod_revision),
-                )
+            yield from self._decode(item)
+
+    def take_until(self, done: Callable[[WatchEvent], bool], timeout: float) -> list[WatchEvent]:
+        """The events delivered so far and on, up to and including the first for which
+        ``done`` holds. StoreError if the watch ends or fails first, or if ``timeout``
+        seconds pass without such an event (the watch is then no longer to be trusted:
+        cancel it)."""
+        deadline = time.monotonic() + timeout
+        out: list[WatchEvent] = []
+        pending = self._pending
+        while True:
+            while pending:
+                event = pending.popleft()
+                out.append(event)
+                if done(event):
+                    return out  # the rest of that response waits for the next call
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise StoreError(f"the watch delivered no awaited event in {timeout:g} s") from None
+            if item is _END or self._cancelled:
+                self._queue.put(_END)  # the next caller sees the end too
+                raise StoreError("the watch ended")
+            pending.extend(self._decode(item))
+
+    def _decode(self, item: Any) -> Iterator[WatchEvent]:
+        if isinstance(item, BaseException):
+            raise self._conn.translate("watch", item) from item
+        if item.canceled or item.compact_revision:
+            reason = item.cancel_reason or f"revision compacted to {item.compact_revision}"
+            raise StoreError(f"etcd cancelled the watch: {reason}")
+        for ev in item.events:
+            yield WatchEvent(
+                type="delete" if ev.type == kv_pb2.Event.DELETE else "put",
+                key=relative_key(self._prefix, ev.kv.key),
+                value=bytes(ev.kv.value),
+                mod_revision=int(ev.kv.mod_revision),
+            )
 
 
 def open_watch(
     conn: Connection, prefix: str, key: bytes, range_end: bytes, start_revision: int | None
 ) -> tuple[Iterator[WatchEvent], Callable[[], None]]:
     """Watch ``[key, range_end)``; see :meth:`Store.watch_prefix`."""
+    watch = open_stream(conn, prefix, key, range_end, start_revision)
+    return watch.events(), watch.cancel
 
-    def attempt(client: Any) -> _Watch:
+
+def open_stream(
+    conn: Connection, prefix: str, key: bytes, range_end: bytes, start_revision: int | None
+) -> WatchStream:
+    """Watch ``[key, range_end)`` as a :class:`WatchStream`; see :meth:`Store.watch_stream`."""
+
+    def attempt(client: Any) -> WatchStream:
         # A fresh stream per attempt: a failed attempt cancels its own, and failover retries.
-        watch = _Watch(conn, prefix, key, range_end, start_revision)
+        watch = WatchStream(conn, prefix, key, range_end, start_revision)
         watch.start(client)
         return watch
 
-    watch = conn.call("watch", attempt)
-    return watch.events(), watch.cancel
+    return conn.call("watch", attempt)

@@ -149,22 +149,24 @@ class Syncer:
         new leader, a restart) — or a failed or stopped sync before, or ``full_every``
         passed — reads and plans everything instead."""
         if full or self._full_due():
-            self._forget()
+            self.forget()
         try:
             with collector_paused():
                 result = self._sync_once(fetch)
         except BaseException:
-            self._forget()  # whatever stopped it, nothing it read is a base any more
+            self.forget()  # whatever stopped it, nothing it read is a base any more
             raise
         if not result.ok:
-            self._forget()  # in doubt: the next sync reads and plans everything
+            self.forget()  # in doubt: the next sync reads and plans everything
         return result
 
     def _full_due(self) -> bool:
         every = self.settings.full_every
         return every is not None and self.clock() - self._full_at >= every
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
+        """Drop what is kept between syncs (the last plan, the etcd view and its watch):
+        the next sync is full. Call it from the thread that syncs."""
         self._previous = None
         self.view.forget()
 
@@ -178,7 +180,7 @@ class Syncer:
             since = previous.desired.commit if previous is not None else None
             desired, files = self.source.desired_since(since, commit)
             stage = "etcd"
-            actual, keys_changed = self.view.read()
+            actual, keys_changed = self.view.read(self._fence())
             if self.settings.signatures is not None:  # issue 15: refuse before planning
                 stage = "signature"
                 base = actual.inventory.commit if actual.inventory is not None else None
