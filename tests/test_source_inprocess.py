@@ -108,7 +108,7 @@ def test_a_tree_git_would_refuse_is_not_read_in_process(
         cwd=repo.path, input=raw, capture_output=True, check=True,
     ).stdout.decode().strip()  # fmt: skip
     with pytest.raises(ValueError, match="refuse"):
-        commands._tree_entries(bad)
+        commands._diff_trees(old, bad, "", [], {})
     # git's own diff-tree then decides; whatever it says is what the sync gets
     assert commands.diff_trees(old, bad) == commands.diff_tree(old, bad)
 

@@ -178,7 +178,6 @@ def test_creates_updates_and_deletes_are_written_and_the_inventory_follows(
     assert result.inventory_written
     # interim inventory (lists "new" first), one unit batch, the final inventory
     assert result.batches == 3
-    assert result.revision >= store.get(keys.INVENTORY).mod_revision  # type: ignore[union-attr]
 
 
 def test_a_manual_change_after_planning_fails_its_batch_and_writes_none_of_it(

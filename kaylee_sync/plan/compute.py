@@ -19,8 +19,8 @@ the tests agree by construction:
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -44,8 +44,6 @@ from kaylee_sync.plan.model import (
 from kaylee_sync.plan.prune import DEFAULT_LIMITS, PruneLimits, Verdict, judge
 from kaylee_sync.render import DEFAULT_UNIT_PREFIX
 from kaylee_sync.spec import parse_stored_policy
-
-_NAME = operator.attrgetter("name")
 
 # What Git would do to a unit, said of a suspended one.
 _GIT_WOULD = {
@@ -84,7 +82,7 @@ def make_plan(
         kept: dict[str, PlanEntry] = {}
         redo: Collection[str] = desired.units.keys()
     else:
-        kept = dict(previous.index.by_name)
+        kept = previous.index.by_name.copy()  # copy(): fast even once entries were replaced
         redo = {*touched, *(e.name for e in previous.index.notable)}
         for name in (*redo, *entries):
             kept.pop(name, None)
@@ -92,23 +90,41 @@ def make_plan(
         unit = desired.units.get(name)
         if unit is not None and name not in entries:  # an invalid file claiming it wins
             entries[name] = planner.desired_entry(unit)
-    deletions = planner.deletions(kept.keys(), entries.keys())
-    verdict = planner.prune_verdict(deletions, entries.values(), prune)
+    if previous is None or touched is None:
+        managed = planner.managed(None, ())
+        deletions = planner.deletions(managed, managed, kept.keys(), entries.keys())
+    else:
+        # A unit's managed status changes only with its inventory entry or its etcd key,
+        # and either puts it in ``touched``: a unit to delete is among the names redone.
+        managed = planner.managed(previous.index.managed, redo)
+        deletions = planner.deletions(managed, redo, entries.keys())
+    verdict = planner.prune_verdict(deletions, entries.values(), prune, managed)
     for name, inv in deletions.items():
         entries[name] = planner.delete_entry(name, inv, verdict)
     if previous is not None and touched is not None:
         everything = kept  # the last use of kept: no second copy of 10,000 entries
         everything.update(entries)
-        same = everything.keys() == previous.index.by_name.keys()
-        names = map(_NAME, previous.entries) if same else sorted(everything)
+        before = previous.index.by_name
+        # The names stay the same unless a name redone came or went (every other name is
+        # in both plans, as kept).
+        same = all((n in entries) == (n in before) for n in (*redo, *entries))
         notable = tuple(
             entries[n] for n in sorted(entries) if entries[n].action != Action.UNCHANGED
         )
-        known = PlanIndex(everything, notable, frozenset({*entries, *redo}))
-        ordered = tuple(map(everything.__getitem__, names))
+        positions: dict[str, int] | None = None
+        if same:  # the entries decided anew go to their places; no lookup of the rest
+            positions = previous.positions
+            slots = list(previous.entries)
+            for name, entry in entries.items():
+                slots[positions[name]] = entry
+            ordered = tuple(slots)
+        else:
+            ordered = tuple(map(everything.__getitem__, sorted(everything)))
+        recomputed = frozenset({*entries, *redo})
+        known = PlanIndex(everything, notable, recomputed, positions, managed)
     else:
         ordered = tuple(entries[name] for name in sorted(entries))
-        known = None
+        known = PlanIndex.of(ordered, managed)
     return Plan(
         desired=desired,
         against=actual.source,
@@ -310,14 +326,26 @@ class _Planner:
 
     # -- deletions and the prune guards ------------------------------------------------
 
-    @functools.cached_property
-    def managed(self) -> set[str]:
-        """Units the inventory lists that are in etcd."""
-        return self.inventory.keys() & self.actual.units.keys()
+    def managed(self, before: AbstractSet[str] | None, redo: Collection[str]) -> AbstractSet[str]:
+        """Units the inventory lists that are in etcd: found anew (``before`` None), or
+        ``before`` (a previous plan's) corrected for the names ``redo``."""
+        inventory, units = self.inventory, self.actual.units
+        if before is None:
+            return inventory.keys() & units.keys()
+        now = set(before)
+        for name in redo:
+            if name in inventory and name in units:
+                now.add(name)
+            else:
+                now.discard(name)
+        return now
 
-    def deletions(self, *planned: Collection[str]) -> dict[str, InventoryEntry]:
-        """Managed units in etcd that no entry planned keeps (suspended ones included)."""
-        gone = self.managed.difference(*planned)
+    def deletions(
+        self, managed: AbstractSet[str], among: Iterable[str], *planned: Collection[str]
+    ) -> dict[str, InventoryEntry]:
+        """Managed units ``among`` those given that no entry planned keeps (suspended
+        ones included)."""
+        gone = {name for name in among if name in managed}.difference(*planned)
         return {name: self.inventory[name] for name in sorted(gone)}
 
     def prune_verdict(
@@ -325,9 +353,9 @@ class _Planner:
         deletions: Mapping[str, InventoryEntry],
         planned: Iterable[PlanEntry],
         limits: PruneLimits,
+        managed: AbstractSet[str],
     ) -> Verdict:
         """The prune guard's verdict (see :mod:`kaylee_sync.plan.prune`)."""
-        managed = self.managed
         # A managed unit whose file is invalid is neither deleted nor kept by the commit.
         invalid = sum(1 for e in planned if e.action == Action.INVALID and e.name in managed)
         return judge(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -207,14 +208,21 @@ class PlanIndex:
     before it, with an inventory entry that does not change either.
     """
 
-    by_name: Mapping[str, PlanEntry]
+    by_name: dict[str, PlanEntry]
     notable: tuple[PlanEntry, ...]  # the entries that are not UNCHANGED, by name
     recomputed: frozenset[str] | None = None
+    # each entry's place in Plan.entries, handed on while the names stay (None: not known)
+    positions: dict[str, int] | None = None
+    # the units the inventory lists that were in etcd when the plan was made (None: not
+    # known); the next incremental plan corrects it for the names it decides anew
+    managed: AbstractSet[str] | None = None
 
     @classmethod
-    def of(cls, entries: tuple[PlanEntry, ...]) -> PlanIndex:
+    def of(
+        cls, entries: tuple[PlanEntry, ...], managed: AbstractSet[str] | None = None
+    ) -> PlanIndex:
         notable = tuple(e for e in entries if e.action != Action.UNCHANGED)
-        return cls({e.name: e for e in entries}, notable)
+        return cls({e.name: e for e in entries}, notable, managed=managed)
 
 
 @dataclass(frozen=True)
@@ -236,6 +244,13 @@ class Plan:
     @functools.cached_property
     def index(self) -> PlanIndex:
         return self.known if self.known is not None else PlanIndex.of(self.entries)
+
+    @functools.cached_property
+    def positions(self) -> dict[str, int]:
+        """Each entry's place in ``entries``: an incremental plan with the same names puts
+        its few new entries in their places instead of looking all of them up."""
+        known = self.index.positions
+        return known if known is not None else {e.name: i for i, e in enumerate(self.entries)}
 
     @property
     def changes(self) -> tuple[PlanEntry, ...]:

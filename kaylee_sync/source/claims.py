@@ -53,10 +53,10 @@ class Claims:
         path may be in both: a changed file), and the unit names whose unit or problem
         may differ."""
         out = Claims()
-        out.results = dict(self.results)
-        out._claimants = dict(self._claimants)
-        out.units = dict(self.units)
-        out._problems = dict(self._problems)
+        out.results = self.results.copy()
+        out._claimants = self._claimants.copy()
+        out.units = self.units.copy()
+        out._problems = self._problems.copy()
         out._sorted = self._sorted
         touched = out._update(list(removed), list(added))
         return out, touched

@@ -51,6 +51,8 @@ class GitCommands:
     def __init__(self, repo: git.Repo, display: str) -> None:
         self.repo = repo
         self.display = display
+        # the raw entries of the trees the last diff_trees read, by tree id
+        self._trees: dict[str, set[tuple[bytes, bytes, bytes]]] = {}
 
     def run(self, *args: str, **kwargs: Any) -> Any:
         try:
@@ -93,7 +95,7 @@ class GitCommands:
             else:
                 return ""
             info = self.repo.odb.info(bytes.fromhex(sha))
-        except Exception:
+        except Exception:  # any doubt at all: git itself decides
             return ""
         return sha if info.type == b"commit" and _FULL_SHA.match(sha) else ""
 
@@ -139,7 +141,7 @@ class GitCommands:
                 if stream.type != b"blob" or len(data) != stream.size:
                     return None
                 out.append((oid, data))
-        except Exception:
+        except Exception:  # the batch process below names what is wrong
             return None
         return out
 
@@ -149,23 +151,34 @@ class GitCommands:
         so the cost is that of the trees on the changed paths. Falls back to
         ``git diff-tree`` if a tree is malformed or unreadable."""
         changes: list[tuple[str, str, str, str]] = []
+        # The trees read by the diff before: the next commit's diff starts from them.
+        seen, self._trees = self._trees, {}
         try:
-            self._diff_trees(old, new, "", changes)
-        except Exception:
+            self._diff_trees(old, new, "", changes, seen)
+        except Exception:  # whatever went wrong, git's own answer stands
             return self.diff_tree(old, new)
         changes.sort(key=lambda change: os.fsencode(change[3]))  # git's order
         return changes
 
     def _diff_trees(
-        self, old: str | None, new: str | None, prefix: str, out: list[tuple[str, str, str, str]]
+        self,
+        old: str | None,
+        new: str | None,
+        prefix: str,
+        out: list[tuple[str, str, str, str]],
+        seen: dict[str, set[tuple[bytes, bytes, bytes]]],
     ) -> None:
-        before, after = self._tree_entries(old), self._tree_entries(new)
+        before, after = self._tree_entries(old, seen), self._tree_entries(new, seen)
         # Entries equal on both sides (the bulk of a large directory) drop out as raw
         # bytes, in C; only what differs is decoded.
         gone, came = before - after, after - before
         was = {name: (_mode(mode), oid.hex()) for mode, name, oid in gone}
         now = {name: (_mode(mode), oid.hex()) for mode, name, oid in came}
         for raw in was.keys() | now.keys():
+            if raw in (b".", b"..") or b"/" in raw:  # only git's own reader judges these
+                raise ValueError(
+                    f"a tree below {prefix or 'the top'} has an entry git would refuse"
+                )
             old_entry, new_entry = was.get(raw), now.get(raw)
             path = prefix + os.fsdecode(raw)
             old_tree = old_entry is not None and old_entry[0] == _MODE_TREE
@@ -180,6 +193,7 @@ class GitCommands:
                     new_entry[1] if new_entry is not None and new_tree else None,
                     path + "/",
                     out,
+                    seen,
                 )
             else:
                 out.append(
@@ -187,25 +201,29 @@ class GitCommands:
                      new_entry[1] if new_entry else _NULL_OID, path)
                 )  # fmt: skip
 
-    def _tree_entries(self, tree: str | None) -> set[tuple[bytes, bytes, bytes]]:
+    def _tree_entries(
+        self, tree: str | None, seen: dict[str, set[tuple[bytes, bytes, bytes]]]
+    ) -> set[tuple[bytes, bytes, bytes]]:
         """The raw ``(mode, name, object id)`` entries of one tree object; none for None.
-        ValueError unless the object is a well-formed tree of plain names."""
+        ValueError unless the object is a well-formed tree (names are checked by the
+        diff, which reads only those that differ)."""
         if tree is None:
             return set()
-        stream = self.repo.odb.stream(bytes.fromhex(tree))
-        data = stream.read()
-        if stream.type != b"tree" or not _TREE.fullmatch(data):
-            raise ValueError(f"{tree} is not a well-formed tree")
-        entries = set(_TREE_ENTRY.findall(data))
-        if any(name in (b".", b"..") or b"/" in name for _, name, _ in entries):
-            raise ValueError(f"{tree} has an entry git would refuse")
+        entries = seen.get(tree)  # a tree's id names its content: what was read stands
+        if entries is None:
+            stream = self.repo.odb.stream(bytes.fromhex(tree))
+            data = stream.read()
+            if stream.type != b"tree" or not _TREE.fullmatch(data):
+                raise ValueError(f"{tree} is not a well-formed tree")
+            entries = set(_TREE_ENTRY.findall(data))
+        self._trees[tree] = entries
         return entries
 
     def blob_sizes(self, oids: Sequence[str]) -> dict[str, int]:
         if len(oids) <= _FEW_BLOBS:
             try:
                 return {oid: self.repo.odb.info(bytes.fromhex(oid)).size for oid in oids}
-            except Exception:
+            except Exception:  # the batch process below names what is wrong
                 pass
         with _object_list(oids) as stdin:
             out = self.run("cat-file", "--batch-check", istream=stdin)

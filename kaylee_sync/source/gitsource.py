@@ -75,6 +75,8 @@ class GitSource:
         self._parser = UnitParser(settings.unit_prefix)
         # unit-path tree id -> (root tree id when symlinks mattered, the tree's claims)
         self._memo: OrderedDict[str, tuple[str | None, Claims]] = OrderedDict()
+        # commit id -> (unit-path tree id or None, root tree id), for the last few commits
+        self._commit_trees: OrderedDict[str, tuple[str | None, str]] = OrderedDict()
         self._git: GitCommands | None = None
         self._auth: GitAuth | None = None
         self._net: NetworkCommands | None = None
@@ -225,7 +227,7 @@ class GitSource:
                 branch=self.branch,
                 path=self.settings.path,
                 commit=sha,
-                units=dict(read.units),
+                units=read.units.copy(),
                 problems=read.problems,
                 committed_at=committed_at,
             )
@@ -320,6 +322,19 @@ class GitSource:
             )
         return tree
 
+    def _tree_ids(self, commit: git.Commit) -> tuple[str | None, str]:
+        """The ids of the unit path's tree (None: no such tree) and the root tree at
+        ``commit``, remembered for the last few commits: an incremental read needs them
+        for the commit before, which the sync before read already."""
+        known = self._commit_trees.get(commit.hexsha)
+        if known is None:
+            tree = self._unit_tree(commit)
+            known = (tree.hexsha if tree is not None else None, commit.tree.hexsha)
+            self._commit_trees[commit.hexsha] = known
+            if len(self._commit_trees) > _MEMO_TREES:
+                self._commit_trees.popitem(last=False)
+        return known
+
     def _remembered(self, tree: str, root: str) -> Claims | None:
         """A read of ``tree`` remembered; equal trees, equal results (those that depend
         on a symlink's target also depend on the root tree)."""
@@ -336,6 +351,7 @@ class GitSource:
         return claims
 
     def _read_commit(self, commands: GitCommands, commit: git.Commit) -> Claims:
+        self._tree_ids(commit)  # remembered for the next, incremental, read
         tree = self._unit_tree(commit)
         if tree is None:
             return Claims()
@@ -353,28 +369,28 @@ class GitSource:
         the two unit trees, with the names it touches; (None, None) if it cannot be."""
         if not _FULL_SHA.match(since):
             return None, None
-        tree = self._unit_tree(commit)
-        old_tree = self._unit_tree(git.Commit(commands.repo, bytes.fromhex(since)))
+        tree, root = self._tree_ids(commit)
+        old_tree, _ = self._tree_ids(git.Commit(commands.repo, bytes.fromhex(since)))
         if tree is None or old_tree is None:
             return None, None
-        old = self._memo.get(old_tree.hexsha)
+        old = self._memo.get(old_tree)
         if old is None or old[0] is not None:  # not remembered, or symlinks mattered
             return None, None
         before = old[1]
-        if tree.hexsha == old_tree.hexsha:
-            return self._remembered(tree.hexsha, commit.tree.hexsha) or before, frozenset()
+        if tree == old_tree:
+            return self._remembered(tree, root) or before, frozenset()
         changed: list[tuple[str, str]] = []  # (path, blob; "" when the file is gone)
-        for old_mode, new_mode, oid, rel in commands.diff_trees(old_tree.hexsha, tree.hexsha):
+        for old_mode, new_mode, oid, rel in commands.diff_trees(old_tree, tree):
             if old_mode in _DIFF_UNSURE or new_mode in _DIFF_UNSURE:
                 return None, None
             if not is_hidden(rel) and is_unit_name(rel):
                 path = f"{self.settings.path}/{rel}" if self.settings.path else rel
                 changed.append((path, "" if new_mode == _ABSENT else oid))
-        claims = self._remembered(tree.hexsha, commit.tree.hexsha)
+        claims = self._remembered(tree, root)
         if claims is None:
             results = self._results([(path, oid) for path, oid in changed if oid], commands)
             claims, _ = before.changed([path for path, _ in changed], results)
-            self._remember(tree.hexsha, None, claims)
+            self._remember(tree, None, claims)
         touched = {
             result.name
             for path, _ in changed

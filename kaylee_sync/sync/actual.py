@@ -150,14 +150,14 @@ class Keyspace:
         """The ActualState these keys make (its dicts are copies: later reads patch these)."""
         header = self.header
         return ActualState(
-            units=dict(self.units),
+            units=self.units.copy(),
             inventory=assemble(header, list(self.shards.values()), self.shard_cache),
             inventory_revision=header.mod_revision if header is not None else 0,
-            suspended=dict(self.suspended),
+            suspended=self.suspended.copy(),
             prune_hold=self.hold,
             state_index=f"{len(self.tracked)}:{self.highest}",
             source="etcd",
-            orphan_policies=dict(self.orphan_policies),
+            orphan_policies=self.orphan_policies.copy(),
         )
 
 

@@ -70,7 +70,6 @@ class ApplyResult:
     updated: int
     deleted: int
     batches: int  # transactions run, inventory writes included
-    revision: int  # the etcd revision once the apply was done (covers all its writes)
     inventory_written: bool = False
     resumed: tuple[str, ...] = ()  # units whose expired suspension was removed
 
@@ -148,7 +147,6 @@ def apply_plan(
         updated=len(updates),
         deleted=len(deletes),
         batches=txns,
-        revision=store.revision(),
         inventory_written=inventory_written,
         resumed=resumed,
     )
@@ -213,7 +211,7 @@ def _interim_inventory(
     if not newly:
         return None
     base = old if old is not None else Inventory(final.repo, final.branch, final.path, "")
-    units = dict(base.units)
+    units = base.units.copy()
     units.update((name, final.units[name]) for name in newly)
     return Inventory(base.repo, base.branch, base.path, base.commit, units)
 

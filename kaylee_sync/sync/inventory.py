@@ -189,7 +189,7 @@ class ShardCache:
             self._parsed[stored.key] = (stored.mod_revision, entries)
         for key in [k for k in self._parsed if k not in present]:
             self._forget(self._parsed.pop(key))
-        return dict(self._units)
+        return self._units.copy()
 
     def listed(self) -> dict[str, Collection[str]]:
         """The units each shard lists (by shard, ``00`` to ``ff``), as last parsed."""
@@ -400,7 +400,7 @@ def next_inventory(plan: Plan, old: Inventory | None) -> Inventory:
         units = {n: InventoryEntry(path=u.path, blob=u.blob) for n, u in desired.units.items()}
         names: Iterable[str] = old.units if old is not None else ()
     else:
-        units = dict(old.units)
+        units = old.units.copy()
         names = recomputed
     by_name = plan.index.by_name
     for name in names:

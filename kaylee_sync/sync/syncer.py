@@ -327,8 +327,8 @@ class Syncer:
             leader=self.identity or "",
         )
         try:
-            write_status(
-                self.store, record_attempt(read_status(self.store), attempt), fence=self._fence()
-            )
+            # Only a failure keeps something of the stored status (its last success).
+            previous = None if attempt.ok else read_status(self.store)
+            write_status(self.store, record_attempt(previous, attempt), fence=self._fence())
         except KayleeError as exc:
             log.warning("could not record the sync status: %s", redact(str(exc)))

@@ -93,7 +93,7 @@ class EtcdView:
 
     def generations(self) -> dict[str, int]:
         """The restart generation of each unit (``restart/<name>``) as last read."""
-        return dict(self._space.generations) if self._space is not None else {}
+        return self._space.generations.copy() if self._space is not None else {}
 
     # -- what changed ----------------------------------------------------------------------
 
