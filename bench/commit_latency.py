@@ -3,11 +3,14 @@
 A :class:`Daemon` (election, sync queue, triggers; no scheduler, no HTTP listener) runs
 in-process on a thread, as ``tests/test_gitops_daemon.py`` runs it, against a private
 etcd and a generated repository of ``--units`` unit files. The benchmark commits a new
-image tag to one file at a time and measures from the moment ``git commit`` returns to
-the moment an etcd watch on ``units/`` delivers the new value (a watch, not polling, so
-the observer neither adds load nor rounds the numbers up).
+image tag to one file at a time and measures from the moment git moved the branch (the
+mtime of ``refs/heads/main``, written when git put the new commit id in place; until
+2026-12-06 the moment ``git commit`` returned, which is later and flattered the
+numbers by the rest of git's run) to the moment an etcd watch on ``units/`` delivers
+the new value (a watch, not polling, so the observer neither adds load nor rounds the
+numbers up). Both times are read on the wall clock.
 
-- **watch** (target p50 < 100 ms): the repository is read in place and its ref files
+- **watch**: the repository is read in place and its ref files
   are watched (each ref change requests a sync at once; no debounce); the poll interval is
   an hour, so only the watch can bring a commit in.
 - **poll** (no target; context for ``--interval``): the same repository as a ``file://``
@@ -15,9 +18,11 @@ the observer neither adds load nor rounds the numbers up).
   that the numbers are those of a commit landing anywhere in the poll cycle: about half
   the interval plus one fetch and one sync, on average.
 
-Each sample is one commit; the table's median is p50, and ``p90`` is in its details.
+Each sample is one commit; the table's median is p50, and ``p90`` and ``p99`` are in
+its details (p99 means something from 100 commits on). Targets (issue 14): p50 < 50 ms
+and p99 < 100 ms at 10,000 units; p50 < 100 ms at 1,000.
 
-    python -m bench.commit_latency [--units 1000] [--commits 20] [--interval 1.0]
+    python -m bench.commit_latency [--units 1000] [--commits 20] [--interval 1.0] [--no-poll]
 """
 
 from __future__ import annotations
@@ -62,13 +67,13 @@ def running(source: GitSource, store: Store, interval: float) -> Iterator[Daemon
 
 @contextmanager
 def unit_events(store: Store) -> Iterator[queue.Queue[tuple[float, str, bytes]]]:
-    """(arrival time, key, value) of every write under ``units/``, as they arrive."""
+    """(arrival time on the wall clock, key, value) of every write under ``units/``."""
     events, cancel = store.watch_prefix(keys.UNITS)
     out: queue.Queue[tuple[float, str, bytes]] = queue.Queue()
 
     def pump() -> None:
         for event in events:
-            out.put((time.perf_counter(), event.key, event.value))
+            out.put((time.time(), event.key, event.value))  # wall clock, as file times
 
     thread = threading.Thread(target=pump, name="bench-watch", daemon=True)
     thread.start()
@@ -98,13 +103,16 @@ def measure(
 ) -> list[float]:
     """Commit ``commits`` times (one file each); seconds until each is in etcd."""
     rng = random.Random(42)
-    latencies = []
+    latencies: list[float] = []
     with unit_events(store) as events:
         for n in range(commits):
             time.sleep(rng.uniform(*pause))  # where in the poll cycle the commit lands
             i = rng.randrange(repo.count)
             repo.change(i)
-            committed = time.perf_counter()
+            # git renamed the ref's lock file into place at this moment (its mtime, set
+            # when the new id was written): the commit exists from then on, while
+            # `git commit` itself (and the fixture's rev-parse) may still be running.
+            committed = (repo.path / ".git" / "refs" / "heads" / "main").stat().st_mtime
             key, image = keys.UNITS + unit_name(i), repo.image(i).encode()
             arrived = arrival(events, key, image, f"{label}: commit {n + 1}")
             latencies.append(arrived - committed)
@@ -118,6 +126,7 @@ def run(args: argparse.Namespace) -> list[Measurement]:
         progress(f"setup: generating a repository of {args.units} unit files")
         repo = UnitRepo(Path(tmp) / "repo", args.units)
 
+        out = []
         local = SourceSettings(repo=str(repo.path), path=UNIT_DIR)
         with (
             store_at(etcd.endpoint, "/watch") as store,
@@ -125,26 +134,39 @@ def run(args: argparse.Namespace) -> list[Measurement]:
             running(source, store, interval=3600.0),
         ):
             watched = measure("watch", repo, store, args.commits, (0.2, 0.4))
-
-        remote = SourceSettings(
-            repo=f"file://{repo.path}", path=UNIT_DIR, cache_dir=Path(tmp) / "cache"
+        # issue 14: p50 < 50 ms and p99 < 100 ms at 10,000 units; < 100 ms p50 at 1,000
+        target = 0.050 if args.units >= 10_000 else 0.100
+        label = f"commit → etcd, ref watch ({args.units:,} units)"
+        out.append(
+            Measurement(label, tuple(watched), target=target, extra=_details(watched, context))
         )
-        with (
-            store_at(etcd.endpoint, "/poll") as store,
-            GitSource(remote) as source,
-            running(source, store, interval=args.interval),
-        ):
-            polled = measure("poll", repo, store, args.commits, (0.2, 0.2 + args.interval))
 
-    def details(samples: list[float], **extra: object) -> dict[str, object]:
-        return {**context, **extra, "p90": round(percentile(samples, 90), 3)}
+        if not args.no_poll:
+            remote = SourceSettings(
+                repo=f"file://{repo.path}", path=UNIT_DIR, cache_dir=Path(tmp) / "cache"
+            )
+            with (
+                store_at(etcd.endpoint, "/poll") as store,
+                GitSource(remote) as source,
+                running(source, store, interval=args.interval),
+            ):
+                polled = measure("poll", repo, store, args.commits, (0.2, 0.2 + args.interval))
+            out.append(
+                Measurement(f"commit → etcd, poll every {args.interval:g} s ({args.units:,} units)",
+                            tuple(polled), extra=_details(polled, context, interval=args.interval))
+            )  # fmt: skip
+    return out
 
-    return [
-        Measurement(f"commit → etcd, ref watch ({args.units:,} units)", tuple(watched),
-                    target=0.100, extra=details(watched)),
-        Measurement(f"commit → etcd, poll every {args.interval:g} s ({args.units:,} units)",
-                    tuple(polled), extra=details(polled, interval=args.interval)),
-    ]  # fmt: skip
+
+def _details(
+    samples: list[float], context: dict[str, object], **extra: object
+) -> dict[str, object]:
+    return {
+        **context,
+        **extra,
+        "p90": round(percentile(samples, 90), 3),
+        "p99": round(percentile(samples, 99), 3),  # meaningful from 100 commits on
+    }
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -153,6 +175,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--commits", type=int, default=20, help="commits per mode (default 20; --runs unused)"
     )
     p.add_argument("--interval", type=float, default=1.0, help="poll interval (default 1 s)")
+    p.add_argument("--no-poll", action="store_true", help="measure the ref watch only")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,11 @@ Four numbers, each through the real APIs the daemon uses:
   transactions of 128 puts with nothing else (no guards, fence or inventory), run by run.
 - **one-file sync** (target < 20 ms, issue 14): a commit that changes one file, then
   :meth:`Syncer.sync_once` as the daemon runs it, incrementally after a sync that worked:
-  resolve, diff the last synced tree (one file parsed), read the etcd keys written since
-  the last read, plan the touched unit, write it, one inventory shard and the header,
-  record the status. The commit itself is not timed; a warm-up sync first reads back
-  the 10,000 keys the first (full) sync wrote.
+  resolve, diff the last synced tree (one file parsed), learn etcd's changes from the
+  view's watch (up to a fenced mark), plan the touched unit, write it, one inventory
+  shard and the header, record the status. The commit itself is not timed; a warm-up
+  sync first reads back the 10,000 keys the first (full) sync wrote (and opens the
+  watch).
 
 The repository (``units/team-NNNN/<name>.yaml``, 8 files per directory) is generated in
 a temporary directory with one commit; see ``bench/fixtures.py``.
@@ -153,6 +154,8 @@ def run(args: argparse.Namespace) -> list[Measurement]:
                 incremental.append(t.wall)
             if syncer.view.full_reads != fulls:
                 raise SystemExit("a one-file sync read all of etcd: it was not incremental")
+            if syncer.view.watched_reads < args.runs:
+                raise SystemExit("a one-file sync read a range of etcd instead of its watch")
 
     split = {k: round(median([s[k] for s in steps]), 3) for k in steps[0]}
     return [

@@ -29,11 +29,10 @@ def _units(view: EtcdView, fence: Compare | None) -> tuple[dict[str, str], froze
 
 
 def _watching(store: Store, fence: Compare) -> EtcdView:
-    """A view past its full read and its range read: the next read uses the watch."""
+    """A view past its full read: the next read uses the watch."""
     store.put_unit("web", "w1")
     store.put_unit("db", "d1")
     view = EtcdView(store)
-    view.read(fence)
     view.read(fence)
     assert (view.full_reads, view.watched_reads) == (1, 0)
     return view
@@ -83,12 +82,10 @@ def test_a_watch_that_ended_makes_the_read_full_and_correct(store: Store, fence:
     assert units == {"web": "w2", "db": "d1"}
     assert touched is None
     assert view.full_reads == 2
-    # and the view recovers: a range read, then the watch again
+    # and the view recovers: the full read opened a new watch
     store.put_unit("db", "d2")
     assert _units(view, fence) == ({"web": "w2", "db": "d2"}, frozenset({"db"}))
-    store.put_unit("db", "d3")
-    assert _units(view, fence) == ({"web": "w2", "db": "d3"}, frozenset({"db"}))
-    assert view.watched_reads == 1
+    assert (view.full_reads, view.watched_reads) == (2, 1)
 
 
 def test_a_view_that_is_no_longer_the_leader_writes_no_mark_and_reads_a_range(
@@ -103,6 +100,11 @@ def test_a_view_that_is_no_longer_the_leader_writes_no_mark_and_reads_a_range(
     assert touched is not None and "web" in touched  # still incremental, from the range
     assert store.get(keys.VIEW_MARK) == mark  # the fence refused the mark
     assert (view.full_reads, view.watched_reads) == (1, 0)
+    # leading again: the watch the range read opened serves the next sync
+    store.put(keys.MASTER, LEADER)
+    store.put_unit("db", "d2")
+    assert _units(view, fence) == ({"web": "w2", "db": "d2"}, frozenset({"db"}))
+    assert (view.full_reads, view.watched_reads) == (1, 1)
 
 
 def test_forget_cancels_the_watch_and_reads_in_full(store: Store, fence: Compare) -> None:
@@ -118,8 +120,14 @@ def test_forget_cancels_the_watch_and_reads_in_full(store: Store, fence: Compare
     assert _units(view, fence) == ({"web": "w3", "db": "d1"}, None)
 
 
-def test_a_one_off_read_opens_no_watch(store: Store) -> None:
-    store.put_unit("web", "w1")
+def test_what_a_sync_wrote_after_a_full_read_comes_from_the_watch(
+    store: Store, fence: Compare
+) -> None:
     view = EtcdView(store)
-    view.read(None)
-    assert view._watch is None  # `kaylee-sync plan` and `--once` read once
+    view.read(fence)  # an empty prefix, as a new leader of a new cluster sees it
+    for i in range(300):  # what the first sync then writes
+        store.put_unit(f"u{i:03}", f"v{i}")
+    units, touched = _units(view, fence)
+    assert units == {f"u{i:03}": f"v{i}" for i in range(300)}
+    assert touched == {f"u{i:03}" for i in range(300)}
+    assert (view.full_reads, view.watched_reads) == (1, 1)  # no range read of them

@@ -4,20 +4,20 @@ A sync of a 10,000-unit repository used to read all 10,000 values (10 MB) from e
 every commit. :class:`EtcdView` keeps the :class:`~kaylee_sync.sync.actual.Keyspace` of
 its last read and then learns only what changed, in one of two ways:
 
-- **From a watch** (the usual way, from the second sync after a full one): the view
-  watches the whole prefix from the revision of its last read. To know that the watch
-  has delivered every change made before the sync began, the sync writes a fresh token
-  to ``sync/view-mark`` (fenced on ``master`` like every write of the leader) and takes
-  the watch's events up to that token's: a watch delivers the events of its range in
-  revision order, so once the token's event is in, so is every change made before it.
-  This works on every etcd 3 (etcd's own progress requests would save the write, but
-  before 3.5.8 they could overtake the event they report: etcd issue 15220). It costs
-  one small write, instead of etcd scanning every value under the prefix.
+- **From a watch** (the usual way): from each full read on, the view watches the whole
+  prefix from that read's revision. To know that the watch has delivered every change
+  made before the sync began, the sync writes a fresh token to ``sync/view-mark``
+  (fenced on ``master`` like every write of the leader) and takes the watch's events up
+  to that token's: a watch delivers the events of its range in revision order, so once
+  the token's event is in, so is every change made before it. This works on every
+  etcd 3 (etcd's own progress requests would save the write, but before 3.5.8 they
+  could overtake the event they report: etcd issue 15220). It costs one small write,
+  instead of etcd scanning every value under the prefix.
 - **From a range read** of the keys written since the last read's revision
-  (``min_mod_revision``): when there is no watch yet, or the token cannot be written (not
-  the leader). etcd still scans all values to filter them, but sends only the changes.
-  The same answer carries how many keys the keyspace holds; if the keys known plus the
-  new ones are more than that, keys were deleted.
+  (``min_mod_revision``): when the watch could not be opened, or the token cannot be
+  written (not the leader). etcd still scans all values to filter them, but sends only
+  the changes. The same answer carries how many keys the keyspace holds; if the keys
+  known plus the new ones are more than that, keys were deleted.
 
 Deletions are not patched in: a deleted key (a delete event, or the count) makes the
 view read everything again, as does anything odd about the watch (it ended, failed, was
@@ -89,6 +89,10 @@ class EtcdView:
             raise
         self._space, self._revision = space, revision
         self.full_reads += 1
+        # Watched from here: the writes of the sync that follows (all 10,000 units after
+        # a full read of an empty prefix) arrive as events in the background, and the
+        # next sync does not read them back with a range.
+        self._open_watch(revision)
         return state, None
 
     def generations(self) -> dict[str, int]:
@@ -113,13 +117,16 @@ class EtcdView:
             return None  # something was deleted
         self._revision = revision
         if self._watch is None:
-            # From the next sync on, changes come from a watch (a one-off sync or plan
-            # reads once and never opens one).
-            try:
-                self._watch = self.store.watch_stream("", start_revision=revision + 1)
-            except StoreError as exc:
-                log.debug("no watch for the next sync, it reads a range: %s", exc)
+            self._open_watch(revision)  # the next sync tries the watch again
         return changed
+
+    def _open_watch(self, revision: int) -> None:
+        """Watch every change after ``revision``; without a watch the next sync reads a
+        range."""
+        try:
+            self._watch = self.store.watch_stream("", start_revision=revision + 1)
+        except StoreError as exc:
+            log.debug("no watch for the next sync, it reads a range: %s", exc)
 
     def _watched(self, fence: Compare | None) -> list[StoredValue] | None:
         """The changes the watch delivered up to a fresh mark; None if the mark could not
