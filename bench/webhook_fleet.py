@@ -50,6 +50,7 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import os
 import pstats
 import queue
@@ -275,13 +276,16 @@ class Sample:
     into_pass: float  # the writing pass's start → the write
     waited: float  # the new spec in units/ → the writing pass's start
     hook: float  # the webhook's round trip
+    full: bool = False  # the sync was a full one (every --resync, 60 s by default)
 
 
 def sample(
     n: int, i: int, repo: UnitRepo, client: httpx.Client, fleet: FleetWatch, passes: Passes,
-    units: queue.Queue[tuple[float, str, bytes]],
+    units: queue.Queue[tuple[float, str, bytes]], daemon: Daemon,
 ) -> Sample:  # fmt: skip
     name = unit_name(i)
+    # When the syncer last began a full sync (a private clock: only to label the sample).
+    full_at = daemon.syncer._full_at
     repo.change(i)
     body = json.dumps({"ref": "refs/heads/main", "after": f"sample-{n}"}).encode()
     signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -304,7 +308,10 @@ def sample(
             break
     span = passes.containing(written)
     started = span[0] if span else passes.started or written
-    return Sample(written - posted, synced - posted, written - started, started - synced, hook)
+    full = daemon.syncer._full_at != full_at
+    return Sample(
+        written - posted, synced - posted, written - started, started - synced, hook, full
+    )
 
 
 def settle(fleet: FleetWatch, passes: Passes, name: str) -> None:
@@ -369,14 +376,15 @@ def run(args: argparse.Namespace) -> list[Measurement]:
                         time.sleep(rng.uniform(0.2, 0.5))  # a moment apart, and idle
                         i = rng.choice(choices)
                         passes.profiling = True
-                        s = sample(n + 1, i, repo, client, fleet, passes, units)
+                        s = sample(n + 1, i, repo, client, fleet, passes, units, daemon)
                         passes.profiling = False
                         samples.append(s)
                         loads.append(os.getloadavg()[0])
                         progress(
                             f"sample {n + 1}/{args.samples}: {s.total * 1000:.0f} ms (sync "
                             f"{s.sync * 1000:.0f} ms, wait {s.waited * 1000:.0f} ms, pass "
-                            f"{s.into_pass * 1000:.0f} ms), load {loads[-1]:.1f}"
+                            f"{s.into_pass * 1000:.0f} ms{', full sync' if s.full else ''}), "
+                            f"load {loads[-1]:.1f}"
                         )
                         settle(fleet, passes, unit_name(i))
                     durations = [end - start for start, end, _ in passes.log[-10:]]
@@ -392,6 +400,7 @@ def run(args: argparse.Namespace) -> list[Measurement]:
         return round(percentile(values, pct), 3)
 
     totals = [s.total for s in samples]
+    incremental = [s.total for s in samples if not s.full] or [math.nan]
     context = {
         "units": args.units,
         "fleet_units": len(known),
@@ -401,6 +410,8 @@ def run(args: argparse.Namespace) -> list[Measurement]:
         "wait_for_pass_p50": p([s.waited for s in samples], 50),
         "pass_until_write_p50": p([s.into_pass for s in samples], 50),
         "webhook_round_trip_p50": p([s.hook for s in samples], 50),
+        "full_syncs": sum(s.full for s in samples),
+        "p50_incremental_syncs": p(incremental, 50),
         "idle_pass_median": round(sorted(durations)[len(durations) // 2], 3),
         "loadavg_1min": f"{min(loads):.1f}-{max(loads):.1f}",
     }
