@@ -66,7 +66,6 @@ from pathlib import Path
 
 import httpx
 
-from bench.commit_latency import arrival, unit_events
 from bench.commit_latency import running as synced_once
 from bench.common import Measurement, bench_main, private_etcd, progress
 from bench.fixtures import UNIT_DIR, UnitRepo, percentile, store_at, unit_name, wait_for
@@ -187,6 +186,42 @@ class FleetWatch:
         self._stop.set()
 
 
+# -- the spec's arrival in etcd (v3) ------------------------------------------------------
+
+
+@contextmanager
+def unit_events(store: Store) -> Iterator[queue.Queue[tuple[float, str, bytes]]]:
+    """(perf_counter at arrival, key, value) of every write under ``units/``: the same
+    clock as the rest of a sample (commit_latency's watch keeps wall-clock times)."""
+    events, cancel = store.watch_prefix(keys.UNITS)
+    out: queue.Queue[tuple[float, str, bytes]] = queue.Queue()
+
+    def pump() -> None:
+        for event in events:
+            out.put((time.perf_counter(), event.key, event.value))
+
+    thread = threading.Thread(target=pump, name="bench-units-watch", daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        cancel()
+        thread.join(5)
+
+
+def arrival(events: queue.Queue[tuple[float, str, bytes]], key: str, image: bytes) -> float:
+    """When the watch delivered ``key`` holding ``image``."""
+    while True:
+        try:
+            arrived, got, value = events.get(timeout=TIMEOUT)
+        except queue.Empty:
+            raise SystemExit(
+                f"{key} with {image.decode()} not in etcd in {TIMEOUT:.0f} s"
+            ) from None
+        if got == key and image in value:
+            return arrived
+
+
 # -- the scheduler's passes, as the benchmark sees them -----------------------------------
 
 
@@ -295,7 +330,7 @@ def sample(
     hook = time.perf_counter() - posted
     if answer.status_code != 202:
         raise SystemExit(f"sample {n}: the webhook was answered {answer.status_code}")
-    synced = arrival(units, keys.UNITS + name, repo.image(i).encode(), f"sample {n}")
+    synced = arrival(units, keys.UNITS + name, repo.image(i).encode())
     marker = f"{UNIT_PREFIX}:{name}:"
     while True:
         try:
