@@ -21,6 +21,7 @@ from bench import (
     scheduler_idle,
     signature_check,
     slow_clients,
+    webhook_fleet,
 )
 from bench.common import Measurement, parser, progress, report
 
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "health_check": (health_check.configure, health_check.run),
     "slow_clients": (slow_clients.configure, slow_clients.run),
     "signature_check": (signature_check.configure, signature_check.run),
+    "webhook_fleet": (webhook_fleet.configure, webhook_fleet.run),
 }
 
 

@@ -6,7 +6,9 @@ generations and rollout status from etcd v3; units and states from fleet), asks
 out those non-blocking steps and records each unit's rollout under
 ``scheduler/rollouts/<name>``. Passes run when ``units/`` or ``restart/`` change (a
 watch), every second while anything is moving, on every ``resync`` period, and when
-this process becomes leader.
+this process becomes leader. The units the watch named are looked at first, on their
+own, so that a changed unit's first new fleet unit does not wait for the full read
+(:mod:`focus`: creates only; everything else is the full pass's).
 
 Safety: a pass that cannot read all specs does nothing (never destroy from partial
 data); an entry that fails validation leaves that unit's fleet units alone; a malformed
@@ -61,6 +63,12 @@ from kaylee_sync.scheduler.decide import (
     UnitView,
     decide,
     is_running,
+)
+from kaylee_sync.scheduler.focus import (
+    MAX_FOCUSED,
+    fleet_names_by_unit,
+    read_focused,
+    touched_names,
 )
 from kaylee_sync.scheduler.gated import Gate, Outcome, decide_gated
 from kaylee_sync.scheduler.health_gate import HealthGate, HealthSource
@@ -141,6 +149,12 @@ class Scheduler:
         self._complain = Complaints()
         self._settle_until: float | None = None  # None: start settling at the next read
         self._last_read: float | None = None
+        #: units the watch named since the last pass began (focus.py)
+        self._touched: set[str] = set()
+        self._touched_lock = threading.Lock()
+        #: each unit's fleet unit names as this term's last full read saw them; None
+        #: until one has (no early steps before it)
+        self._known: dict[str, tuple[str, ...]] | None = None
         self.gate = HealthGate(store, fleet, prober, self._complain)
         self.repair = Repair(
             fleet, self.settings.unit_prefix, self.settings.resync, self.settings.active_interval
@@ -170,6 +184,7 @@ class Scheduler:
         self.timers = Timers()
         self._errors.clear()
         self._settle_until = None  # fleet's states may be missing: settle first
+        self._known = None
         self.repair.reset()
         self.trigger()
 
@@ -199,6 +214,10 @@ class Scheduler:
         return now < self._settle_until
 
     def _pass(self) -> list[Decision]:
+        with self._touched_lock:
+            touched, self._touched = self._touched, set()
+        if touched and self._known is not None:
+            self._first_steps(touched, self._known)
         now = self.clock()
         specs, broken = self._read_specs()
         generations = self._read_ints(keys.RESTART)
@@ -221,6 +240,7 @@ class Scheduler:
             if parsed is not None:
                 ours.setdefault(parsed.unit, []).append((parsed, unit))
         self._names = parsed_names
+        self._known = fleet_names_by_unit(ours)
         all_ours = [u for members in ours.values() for _, u in members]
         running = [u.name for u in all_ours if is_running(states.get(u.name, ()))]
         self.timers.observe(all_ours, running, now)
@@ -253,6 +273,39 @@ class Scheduler:
             decisions.append(decision)
         self.repair.run(now, self._halted)
         return decisions
+
+    def _first_steps(self, names: set[str], known: dict[str, tuple[str, ...]]) -> None:
+        """The creates the units the watch named need, each unit read on its own (see
+        focus.py); the full read follows. A read that fails leaves it to the full pass."""
+        if len(names) > MAX_FOCUSED:
+            return
+        prefix = self.settings.unit_prefix
+        for name in sorted(names):
+            if self._halted():
+                raise FleetFenced("stopping or no longer leading")
+            try:
+                focused = read_focused(
+                    self.store, self.fleet, name, known.get(name, ()), prefix, self._complain
+                )
+            except (StoreError, FleetError) as exc:
+                log.info("%s: early look failed, left to the full pass: %s", name, exc)
+                return
+            if focused is None or self.gate.gated(name, focused.spec):
+                continue
+            view = UnitView(
+                name=name,
+                prefix=prefix,
+                spec=focused.spec,
+                generation=focused.generation,
+                units=focused.units,
+                states={},  # not read: every instance is "unknown", i.e. serving
+                failed_hash=focused.failed_hash,
+                settling=True,  # and nothing is judged dead or late on this view
+            )
+            decision = decide(view, self.timers, self.clock(), self.settings.timing)
+            creates = tuple(a for a in decision.actions if isinstance(a, Create))
+            if creates:
+                self._act(replace(decision, actions=creates), {})
 
     def _decide(
         self,
@@ -504,7 +557,7 @@ class Scheduler:
                         cancels.append(cancel)
                         threading.Thread(
                             target=self._pump,
-                            args=(events, broken, failed),
+                            args=(area, events, broken, failed),
                             daemon=True,
                             name=f"kaylee-watch-{area}",
                         ).start()
@@ -533,11 +586,18 @@ class Scheduler:
             if stop.is_set():
                 beat.stopped()
 
-    def _pump(self, events: Any, broken: threading.Event, failed: list[Exception]) -> None:
-        """One watch's events become pass requests; when it ends, for whatever reason,
-        ``_watch`` opens a new one (after a backoff, and logging it, if it was a bug)."""
+    def _pump(
+        self, area: str, events: Any, broken: threading.Event, failed: list[Exception]
+    ) -> None:
+        """One watch's events become pass requests, naming the unit where there is one;
+        when it ends, for whatever reason, ``_watch`` opens a new one (after a backoff,
+        and logging it, if it was a bug)."""
         try:
-            for _ in events:
+            for event in events:
+                name = touched_names(area, event.key)
+                if name is not None:
+                    with self._touched_lock:
+                        self._touched.add(name)
                 self.trigger()
         except KayleeError as exc:
             log.warning("etcd watch ended: %s", exc)
