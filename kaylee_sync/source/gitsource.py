@@ -72,7 +72,7 @@ class GitSource:
         # the URL without its credentials (an ssh user name stays: it is an address)
         self.display_repo = redact(split_url_credentials(settings.repo)[0])
         self._lock = threading.RLock()
-        self._parser = UnitParser(settings.unit_prefix)
+        self._parser = UnitParser(settings.unit_prefix, batch=settings.parse)
         # unit-path tree id -> (root tree id when symlinks mattered, the tree's claims)
         self._memo: OrderedDict[str, tuple[str | None, Claims]] = OrderedDict()
         self._git: GitCommands | None = None
@@ -426,9 +426,9 @@ class GitSource:
                 results.append(self._parser.remember(path, oid, oversize(path, oid)))
             else:
                 small.setdefault(oid, []).append(path)
-        for oid, data in commands.blob_contents(list(small)):
-            results += [self._parser.parse(path, oid, data) for path in small[oid]]
-        return results
+        blobs = commands.blob_contents(list(small))
+        files = ((path, oid, data) for oid, data in blobs for path in small[oid])
+        return results + self._parser.parse_many(files, sum(map(len, small.values())))
 
     def _link_problem(self, commands: GitCommands, root: Any, path: str, oid: str) -> list[Result]:
         if is_unit_name(path):

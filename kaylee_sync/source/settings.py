@@ -21,6 +21,7 @@ from kaylee_sync.source.credentials import (
     register_secret,
     split_url_credentials,
 )
+from kaylee_sync.source.parsepool import DEFAULT_BATCH, BatchSettings
 
 # scp-like syntax ("git@host:org/repo.git", "host:repo"): a colon before any slash.
 _SCP_LIKE = re.compile(r"^[^/:]+:")
@@ -83,6 +84,10 @@ class SourceSettings:
     unit_prefix: str = DEFAULT_UNIT_PREFIX
     """Prefix of the fleet unit names; only used to check that a unit renders (fleet's
     line limit depends on the unit names)."""
+
+    parse: BatchSettings = DEFAULT_BATCH
+    """When a batch of unit files (a cold read: a new leader, ``plan``, ``--once``) is
+    parsed in worker processes, and how many (see :mod:`.parsepool`)."""
 
     def __post_init__(self) -> None:
         if not self.repo or self.repo.startswith("-") or any(c in self.repo for c in "\r\n\0"):
