@@ -303,6 +303,11 @@ class GitSource:
         """How many unit files were parsed so far (not served from the cache)."""
         return self._parser.parsed
 
+    @property
+    def parsed_in_workers(self) -> int:
+        """How many of those were parsed by worker processes (a cold read's batch)."""
+        return self._parser.parsed_in_workers
+
     # -- reading a commit --------------------------------------------------------------
 
     def _unit_tree(self, commit: git.Commit) -> Any:
