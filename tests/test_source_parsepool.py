@@ -18,11 +18,14 @@ import pytest
 from bench.fixtures import unit_relpath
 from bench.fixtures import unit_yaml as bench_unit_yaml
 from kaylee_sync.plan.model import DesiredUnit, FileProblem
+from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.source import GitSource, SourceSettings
 from kaylee_sync.source.files import is_unit_name
 from kaylee_sync.source.parsepool import BatchSettings, BatchStats, parse_batch
 from kaylee_sync.source.units import LFS_POINTER, git_blob_id, parse_file
 from kaylee_sync.spec import to_json
+from kaylee_sync.store import Store, keys
+from kaylee_sync.sync.syncer import Syncer
 from tests.gitrepo import GitRepo, unit_yaml
 
 SAMPLE_REPO = Path(__file__).resolve().parent.parent / "sample-repo"
@@ -250,14 +253,20 @@ def desired_both_ways(repo: GitRepo, batch_settings: BatchSettings) -> tuple[Git
     return tuple(sources)
 
 
-def test_a_cold_read_in_workers_equals_the_in_process_read(tmp_path: Path) -> None:
-    repo = GitRepo(tmp_path / "repo")
-    for i in range(600):  # over the default threshold of 500: the defaults decide
+def big_repo(path: Path) -> tuple[GitRepo, str]:
+    """600 benchmark units (over the default threshold of 500: the defaults decide), every
+    kind of invalid file, the sample repository and a duplicate name, in one commit."""
+    repo = GitRepo(path)
+    for i in range(600):
         repo.write(unit_relpath(i), bench_unit_yaml(i))
-    for path, data in {**INVALID, **sample_files()}.items():
-        repo.write(f"units/{path}", data)
-    repo.write("units/dup/web-00000.yaml", bench_unit_yaml(0))  # a duplicate name
-    commit = repo.commit()
+    for path_in_units, data in {**INVALID, **sample_files()}.items():
+        repo.write(f"units/{path_in_units}", data)
+    repo.write("units/dup/web-00000.yaml", bench_unit_yaml(0))
+    return repo, repo.commit()
+
+
+def test_a_cold_read_in_workers_equals_the_in_process_read(tmp_path: Path) -> None:
+    repo, commit = big_repo(tmp_path / "repo")
     workers, alone = desired_both_ways(repo, BatchSettings(workers=1))
     with workers, alone:
         got, want = workers.desired(commit), alone.desired(commit)
@@ -297,3 +306,28 @@ def test_the_sample_repository_reads_the_same_through_git_in_workers(tmp_path: P
         got, want = workers.desired(commit), alone.desired(commit)
         assert got == want and len(got.units) >= 6 and got.problems == ()
         assert workers._parser.parsed_in_workers >= 2 * BATCH.chunk_files
+
+
+def test_a_sync_parsed_in_workers_writes_what_an_in_process_one_writes(
+    tmp_path: Path, etcd_endpoint: str, etcd_prefix: str
+) -> None:
+    repo, commit = big_repo(tmp_path / "repo")
+    written = []
+    for suffix, parse in (
+        ("workers", BatchSettings(workers=1)),
+        ("alone", BatchSettings(workers=0)),
+    ):
+        source_settings = SourceSettings(str(repo.path), path="units", parse=parse)
+        etcd = EtcdSettings(endpoints=(etcd_endpoint,), prefix=f"{etcd_prefix}-{suffix}")
+        with GitSource(source_settings) as source, Store(etcd) as store:
+            result = Syncer(source, store).sync_once()
+            assert result.ok and result.commit == commit
+            assert (source.parsed_in_workers > 0) == (suffix == "workers")
+            written.append(
+                {
+                    area: {s.key: s.value for s in store.get_prefix(area)}
+                    for area in (keys.UNITS, keys.POLICY, keys.OWNED, keys.INVENTORY)
+                }
+            )
+    assert written[0] == written[1]
+    assert len(written[0][keys.UNITS]) > 600 - 2 and written[0][keys.POLICY]
