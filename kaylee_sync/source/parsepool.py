@@ -57,6 +57,7 @@ Parse = Callable[[str, str, bytes], Result]
 
 WORKER_MODULE = "kaylee_sync.source.parseworker"
 _DEPTH = 2  # chunks queued per worker: one to parse, one waiting in the pipe
+_POLL_EVERY = 8  # files the parent parses between looks at the pipes (~1.5 ms)
 _MAX_FRAME = 1 << 30  # an answer larger than this is not an answer
 _READ = 1 << 20
 # What an answer may contain: the result classes, by module and name; nothing callable.
@@ -294,19 +295,31 @@ class _Pool:
                 if chunk is None:
                     exhausted = True
                 else:
-                    answers[count] = [parse(*file) for file in chunk]
+                    answers[count] = self._parse_here(chunk, parse, answers)
                     count += 1
-                    self._poll(0, answers)
                     continue
             if self.orphans:
                 index = self.orphans.pop()
-                answers[index] = [parse(*file) for file in self.chunks.pop(index)]
-                self._poll(0, answers)
+                answers[index] = self._parse_here(self.chunks.pop(index), parse, answers)
                 continue
             if not any(worker.queued for worker in self.live):
                 break
             self._poll(self._wait(), answers)
         return [answers[index] for index in range(count)]
+
+    def _parse_here(
+        self, chunk: list[File], parse: Parse, answers: dict[int, list[Result]]
+    ) -> list[Result]:
+        """``chunk`` parsed in this process, tending the pipes every few files: an answer
+        (~120 KB a chunk) is larger than a pipe holds (64 KB), so a worker would wait
+        for the parent to read it, idle, if the parent read only between its chunks."""
+        results = []
+        for i, file in enumerate(chunk, 1):
+            results.append(parse(*file))
+            if i % _POLL_EVERY == 0:
+                self._poll(0, answers)
+        self._poll(0, answers)
+        return results
 
     def _send(self, worker: _Worker, index: int, chunk: list[File]) -> None:
         self.chunks[index] = chunk
