@@ -9,6 +9,8 @@ answers about other files; each time every file must still get its in-process re
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ from kaylee_sync.plan.model import DesiredUnit, FileProblem
 from kaylee_sync.settings import EtcdSettings
 from kaylee_sync.source import GitSource, SourceSettings
 from kaylee_sync.source.files import is_unit_name
-from kaylee_sync.source.parsepool import BatchSettings, BatchStats, parse_batch
+from kaylee_sync.source.parsepool import BatchSettings, BatchStats, parse_batch, worker_count
 from kaylee_sync.source.units import LFS_POINTER, git_blob_id, parse_file
 from kaylee_sync.spec import to_json
 from kaylee_sync.store import Store, keys
@@ -331,3 +333,11 @@ def test_a_sync_parsed_in_workers_writes_what_an_in_process_one_writes(
             )
     assert written[0] == written[1]
     assert len(written[0][keys.UNITS]) > 600 - 2 and written[0][keys.POLICY]
+
+
+def test_workers_are_left_unstarted_on_a_busy_machine() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert worker_count(BatchSettings(max_load=0.0)) == 0  # the load is always >= 0
+    assert worker_count(BatchSettings(max_load=math.inf)) == min(cpus - 1, 8)
+    assert worker_count(BatchSettings(workers=3, max_load=0.0)) == 3  # asked for: started
+    assert worker_count(BatchSettings(workers=0)) == 0
