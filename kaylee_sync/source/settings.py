@@ -105,7 +105,7 @@ class SourceSettings:
             f"SourceSettings(repo={redact(self.repo)!r}, branch={self.branch!r}, "
             f"path={self.path!r}, cache_dir={self.cache_dir!r}, "
             f"credentials={self.credentials!r}, timeout={self.timeout!r}, "
-            f"unit_prefix={self.unit_prefix!r})"
+            f"unit_prefix={self.unit_prefix!r}, parse={self.parse!r})"
         )
 
     @property
