@@ -23,7 +23,10 @@ Four numbers, each through the real APIs the daemon uses:
 The repository (``units/team-NNNN/<name>.yaml``, 8 files per directory) is generated in
 a temporary directory with one commit; see ``bench/fixtures.py``.
 
-    python -m bench.repo_sync [--units 10000] [--runs 5] [--profile]
+A cold read of 10,000 files parses them in worker processes as well as in the benchmark's
+own (``kaylee_sync.source.parsepool``); ``--parse-workers 0`` measures it without them.
+
+    python -m bench.repo_sync [--units 10000] [--runs 5] [--profile] [--parse-workers N]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import resource
 import sys
 import tempfile
 import time
@@ -41,6 +45,7 @@ from bench.fixtures import UNIT_DIR, UnitRepo, store_at
 from kaylee_sync.plan.compute import make_plan
 from kaylee_sync.plan.model import Action, Plan
 from kaylee_sync.source import GitSource, SourceSettings
+from kaylee_sync.source.parsepool import BatchSettings
 from kaylee_sync.store import Compare, Op, Store, keys
 from kaylee_sync.store.txn import ETCD_MAX_TXN_OPS
 from kaylee_sync.sync.actual import read_actual
@@ -54,6 +59,7 @@ IDENTITY = "bench:1:leader"
 def cold_plan(settings: SourceSettings, store: Store) -> tuple[Plan, dict[str, float]]:
     """A new source's first plan against ``store``; the plan and each step's seconds."""
     steps: dict[str, float] = {}
+    cpu0 = _cpu()
     t0 = time.perf_counter()
     with GitSource(settings) as source:
         desired = source.desired(source.resolve())
@@ -62,8 +68,18 @@ def cold_plan(settings: SourceSettings, store: Store) -> tuple[Plan, dict[str, f
         t2 = time.perf_counter()
         plan = make_plan(desired, actual, now=time.time())
         t3 = time.perf_counter()
+        in_workers = source.parsed_in_workers
     steps.update(desired=t1 - t0, read_actual=t2 - t1, make_plan=t3 - t2)
+    # CPU of this process and of its children (the parse workers): the work done, which
+    # other load on the machine stretches less than the wall time
+    steps.update(cpu=_cpu() - cpu0, parsed_in_workers=in_workers)
     return plan, steps
+
+
+def _cpu() -> float:
+    mine = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return mine.ru_utime + mine.ru_stime + children.ru_utime + children.ru_stime
 
 
 def floor(store: Store, values: list[tuple[str, str | None]]) -> None:
@@ -88,7 +104,8 @@ def run(args: argparse.Namespace) -> list[Measurement]:
         progress(f"setup: generating a repository of {units} unit files")
         repo, made = timed(lambda: UnitRepo(Path(tmp) / "repo", units))
         progress(f"setup: repository committed in {made.wall:.1f} s")
-        settings = SourceSettings(repo=str(repo.path), path=UNIT_DIR)
+        parse = BatchSettings(workers=args.parse_workers)
+        settings = SourceSettings(repo=str(repo.path), path=UNIT_DIR, parse=parse)
 
         plans, steps = [], []
         for i in range(args.runs):
@@ -173,7 +190,9 @@ def run(args: argparse.Namespace) -> list[Measurement]:
 
 
 def _steps(split: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.3f} s" for k, v in split.items())
+    return ", ".join(
+        f"{k} {v:g}" if k == "parsed_in_workers" else f"{k} {v:.3f} s" for k, v in split.items()
+    )
 
 
 def _profile(fn: object) -> None:
@@ -185,6 +204,10 @@ def _profile(fn: object) -> None:
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--units", type=int, default=TARGET_UNITS, help="unit files (default 10000)")
     p.add_argument("--profile", action="store_true", help="cProfile one more cold plan (stderr)")
+    p.add_argument(
+        "--parse-workers", type=int, default=None,
+        help="worker processes of a cold read (default: one fewer than the CPUs; 0: none)",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

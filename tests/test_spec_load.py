@@ -8,11 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from kaylee_sync.errors import SpecError
 from kaylee_sync.source.localfile import load_unit_file
 from kaylee_sync.spec import App, EnvVar, UnitSpec, load_unit, parse_stored
-from kaylee_sync.spec.loader import MAX_BYTES
+from kaylee_sync.spec.loader import _LOADER, MAX_BYTES
 
 GOOD = b"""\
 name: web
@@ -341,3 +343,36 @@ def test_parse_stored_adopts_go_placement_that_unit_files_may_not_use() -> None:
     assert stored_issues(value, strict=True) == [
         "units/a: global: a global unit runs once per machine; it cannot have replicas: 3"
     ]
+
+
+# -- the fast composer gives PyYAML's safe loader's tags -------------------------------
+
+_TAG_CORPUS = [
+    "a: yes\nb: No\nc: on\nd: OFF\ne: y\nf: n\ng: true\nh: ~\ni: null\nj:\n",
+    "a: 010\nb: 0o17\nc: 0x1f\nd: 1_000\ne: 1:30\nf: -0\ng: +1.5e3\nh: .inf\ni: .NaN\n",
+    "a: 2024-01-01\nb: 2024-01-01T10:00:00Z\nc: <<\nd: =\ne: '~'\nf: \"yes\"\n",
+    "- [a, 1, {b: c}]\n- !!str 1\n- !!map {a: b}\n- !!seq [x]\n- ? [k]\n  : v\n",
+    "base: &b {net: host}\n<<: *b\nlist: &l [1, 2]\nagain: *l\nempty: {}\nnone: []\n",
+    "--- !!set\n? a\n? b\n",
+    "name: web-00001\napps:\n  - image: docker://x:1\n    args: [--port 80, -v, '1']\n",
+]
+
+
+def _tags(node: Node) -> object:
+    """A composed node tree as plain data: tags, values and where each node starts."""
+    mark = (node.start_mark.line, node.start_mark.column)
+    if isinstance(node, MappingNode):
+        return (node.tag, mark, [(_tags(key), _tags(value)) for key, value in node.value])
+    if isinstance(node, SequenceNode):
+        return (node.tag, mark, [_tags(item) for item in node.value])
+    return (node.tag, mark, node.value)
+
+
+@pytest.mark.parametrize("text", _TAG_CORPUS)
+def test_the_fast_composer_tags_like_the_safe_loader(text: str) -> None:
+    stock = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    assert _LOADER is not stock  # the fast composer is in use: this compares something
+    ours = [_tags(node) for node in yaml.compose_all(text, Loader=_LOADER)]
+    theirs = [_tags(node) for node in yaml.compose_all(text, Loader=stock)]
+    assert ours == theirs
+    assert ours == [_tags(node) for node in yaml.compose_all(text, Loader=yaml.SafeLoader)]

@@ -72,7 +72,7 @@ class GitSource:
         # the URL without its credentials (an ssh user name stays: it is an address)
         self.display_repo = redact(split_url_credentials(settings.repo)[0])
         self._lock = threading.RLock()
-        self._parser = UnitParser(settings.unit_prefix)
+        self._parser = UnitParser(settings.unit_prefix, batch=settings.parse)
         # unit-path tree id -> (root tree id when symlinks mattered, the tree's claims)
         self._memo: OrderedDict[str, tuple[str | None, Claims]] = OrderedDict()
         # commit id -> (unit-path tree id or None, root tree id), for the last few commits
@@ -305,6 +305,11 @@ class GitSource:
         """How many unit files were parsed so far (not served from the cache)."""
         return self._parser.parsed
 
+    @property
+    def parsed_in_workers(self) -> int:
+        """How many of those were parsed by worker processes (a cold read's batch)."""
+        return self._parser.parsed_in_workers
+
     # -- reading a commit --------------------------------------------------------------
 
     def _unit_tree(self, commit: git.Commit) -> Any:
@@ -442,9 +447,9 @@ class GitSource:
                 results.append(self._parser.remember(path, oid, oversize(path, oid)))
             else:
                 small.setdefault(oid, []).append(path)
-        for oid, data in commands.blob_contents(list(small)):
-            results += [self._parser.parse(path, oid, data) for path in small[oid]]
-        return results
+        blobs = commands.blob_contents(list(small))
+        files = ((path, oid, data) for oid, data in blobs for path in small[oid])
+        return results + self._parser.parse_many(files, sum(map(len, small.values())))
 
     def _link_problem(self, commands: GitCommands, root: Any, path: str, oid: str) -> list[Result]:
         if is_unit_name(path):

@@ -21,6 +21,7 @@ from kaylee_sync.source.credentials import (
     register_secret,
     split_url_credentials,
 )
+from kaylee_sync.source.parsepool import DEFAULT_BATCH, BatchSettings
 
 # scp-like syntax ("git@host:org/repo.git", "host:repo"): a colon before any slash.
 _SCP_LIKE = re.compile(r"^[^/:]+:")
@@ -84,6 +85,10 @@ class SourceSettings:
     """Prefix of the fleet unit names; only used to check that a unit renders (fleet's
     line limit depends on the unit names)."""
 
+    parse: BatchSettings = DEFAULT_BATCH
+    """When a batch of unit files (a cold read: a new leader, ``plan``, ``--once``) is
+    parsed in worker processes, and how many (see :mod:`.parsepool`)."""
+
     def __post_init__(self) -> None:
         if not self.repo or self.repo.startswith("-") or any(c in self.repo for c in "\r\n\0"):
             raise UsageError(f"invalid repository '{redact(self.repo)}'")
@@ -100,7 +105,7 @@ class SourceSettings:
             f"SourceSettings(repo={redact(self.repo)!r}, branch={self.branch!r}, "
             f"path={self.path!r}, cache_dir={self.cache_dir!r}, "
             f"credentials={self.credentials!r}, timeout={self.timeout!r}, "
-            f"unit_prefix={self.unit_prefix!r})"
+            f"unit_prefix={self.unit_prefix!r}, parse={self.parse!r})"
         )
 
     @property

@@ -24,6 +24,13 @@ from kaylee_sync.errors import Issue, SpecError
 from kaylee_sync.plan.model import DesiredUnit, FileProblem
 from kaylee_sync.render import DEFAULT_UNIT_PREFIX, render_issues
 from kaylee_sync.source.claims import Claims
+from kaylee_sync.source.parsepool import (
+    DEFAULT_BATCH,
+    BatchSettings,
+    BatchStats,
+    parse_batch,
+    worker_count,
+)
 from kaylee_sync.spec import load_unit_and_policy, policy_to_json, to_json
 from kaylee_sync.spec.codec import json_hash
 from kaylee_sync.spec.loader import MAX_BYTES, compose_node
@@ -84,10 +91,16 @@ class UnitParser:
     """
 
     def __init__(
-        self, unit_prefix: str = DEFAULT_UNIT_PREFIX, max_entries: int = CACHE_ENTRIES
+        self,
+        unit_prefix: str = DEFAULT_UNIT_PREFIX,
+        max_entries: int = CACHE_ENTRIES,
+        batch: BatchSettings = DEFAULT_BATCH,
     ) -> None:
         self.unit_prefix = unit_prefix
         self.max_entries = max_entries
+        self.batch = batch
+        self.parsed_in_workers = 0  # of ``parsed``: by worker processes (parse_many)
+        self.last_batch: BatchStats | None = None  # what the last parse_many in workers did
         self._cache: OrderedDict[tuple[str, str], Result] = OrderedDict()
         self._lock = threading.Lock()
         self.parsed = 0  # files actually parsed (not served from the cache), for tests/metrics
@@ -135,26 +148,50 @@ class UnitParser:
         return result
 
     def _parse(self, path: str, blob: str, data: bytes) -> Result:
-        if len(data) > MAX_BYTES:
-            return oversize(path, blob)
-        if data.startswith(LFS_POINTER):
-            return problem(
-                path,
-                "is a Git LFS pointer, not a unit file; keep unit files in Git itself "
-                "(exclude them from LFS in .gitattributes)",
-                blob,
-            )
-        try:
-            spec, policy = load_unit_and_policy(data, path)
-        except SpecError as exc:
-            return FileProblem(path, blob, exc.issues, declared_name(data, path))
-        canonical = to_json(spec)  # once: the render check needs its hash too
-        hash6 = json_hash(canonical)[:6]
-        issues = render_issues(spec, path, self.unit_prefix, hash6=hash6)
-        if issues:
-            return FileProblem(path, blob, tuple(issues), spec.name)
-        stored_policy = "" if policy.is_default else policy_to_json(policy)
-        return DesiredUnit(spec.name, path, blob, spec, canonical, stored_policy)
+        return parse_file(path, blob, data, self.unit_prefix)
+
+    def parse_many(self, files: Iterable[tuple[str, str, bytes]], count: int) -> list[Result]:
+        """:meth:`parse` of each ``(path, blob, data)``, in order, for files the caller
+        found not cached; ``count`` of them. A batch of at least ``batch.min_files`` is
+        parsed in worker processes (:mod:`.parsepool`): the same results, sooner."""
+        if count < self.batch.min_files or not worker_count(self.batch):
+            return [self.parse(path, blob, data) for path, blob, data in files]
+        prefix = self.unit_prefix
+        results, stats = parse_batch(
+            files, lambda path, blob, data: parse_file(path, blob, data, prefix), prefix, self.batch
+        )
+        self.parsed += len(results)
+        self.parsed_in_workers += stats.in_workers
+        self.last_batch = stats
+        for result in results:
+            assert result.blob is not None  # parse_file gives every result its blob
+            self.remember(result.path, result.blob, result)
+        return results
+
+
+def parse_file(path: str, blob: str, data: bytes, unit_prefix: str) -> Result:
+    """The unit in ``data`` (the file ``path``, blob id ``blob``), or its problems: no
+    cache, no state (what a worker process runs, and :meth:`UnitParser.parse`)."""
+    if len(data) > MAX_BYTES:
+        return oversize(path, blob)
+    if data.startswith(LFS_POINTER):
+        return problem(
+            path,
+            "is a Git LFS pointer, not a unit file; keep unit files in Git itself "
+            "(exclude them from LFS in .gitattributes)",
+            blob,
+        )
+    try:
+        spec, policy = load_unit_and_policy(data, path)
+    except SpecError as exc:
+        return FileProblem(path, blob, exc.issues, declared_name(data, path))
+    canonical = to_json(spec)  # once: the render check needs its hash too
+    hash6 = json_hash(canonical)[:6]
+    issues = render_issues(spec, path, unit_prefix, hash6=hash6)
+    if issues:
+        return FileProblem(path, blob, tuple(issues), spec.name)
+    stored_policy = "" if policy.is_default else policy_to_json(policy)
+    return DesiredUnit(spec.name, path, blob, spec, canonical, stored_policy)
 
 
 def oversize(path: str, blob: str | None) -> FileProblem:
