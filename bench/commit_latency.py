@@ -33,7 +33,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,14 +66,17 @@ def running(source: GitSource, store: Store, interval: float) -> Iterator[Daemon
 
 
 @contextmanager
-def unit_events(store: Store) -> Iterator[queue.Queue[tuple[float, str, bytes]]]:
-    """(arrival time on the wall clock, key, value) of every write under ``units/``."""
+def unit_events(
+    store: Store, clock: Callable[[], float] = time.time
+) -> Iterator[queue.Queue[tuple[float, str, bytes]]]:
+    """(arrival time by ``clock``, key, value) of every write under ``units/``. The wall
+    clock by default, as file times are; a caller timing from ``perf_counter`` passes it."""
     events, cancel = store.watch_prefix(keys.UNITS)
     out: queue.Queue[tuple[float, str, bytes]] = queue.Queue()
 
     def pump() -> None:
         for event in events:
-            out.put((time.time(), event.key, event.value))  # wall clock, as file times
+            out.put((clock(), event.key, event.value))
 
     thread = threading.Thread(target=pump, name="bench-watch", daemon=True)
     thread.start()

@@ -164,7 +164,10 @@ def push(
     body = b'{"ref": "refs/heads/main"}'
     signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     latencies, hooks = [], []
-    with unit_events(store) as events, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+    with (
+        unit_events(store, time.perf_counter) as events,
+        httpx.Client(base_url=url, timeout=TIMEOUT) as client,
+    ):
         for n in range(pushes):
             i = n % repo.count
             repo.change(i)

@@ -66,6 +66,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.commit_latency import arrival, unit_events
 from bench.commit_latency import running as synced_once
 from bench.common import Measurement, bench_main, private_etcd, progress
 from bench.fixtures import UNIT_DIR, UnitRepo, percentile, store_at, unit_name, wait_for
@@ -186,42 +187,6 @@ class FleetWatch:
         self._stop.set()
 
 
-# -- the spec's arrival in etcd (v3) ------------------------------------------------------
-
-
-@contextmanager
-def unit_events(store: Store) -> Iterator[queue.Queue[tuple[float, str, bytes]]]:
-    """(perf_counter at arrival, key, value) of every write under ``units/``: the same
-    clock as the rest of a sample (commit_latency's watch keeps wall-clock times)."""
-    events, cancel = store.watch_prefix(keys.UNITS)
-    out: queue.Queue[tuple[float, str, bytes]] = queue.Queue()
-
-    def pump() -> None:
-        for event in events:
-            out.put((time.perf_counter(), event.key, event.value))
-
-    thread = threading.Thread(target=pump, name="bench-units-watch", daemon=True)
-    thread.start()
-    try:
-        yield out
-    finally:
-        cancel()
-        thread.join(5)
-
-
-def arrival(events: queue.Queue[tuple[float, str, bytes]], key: str, image: bytes) -> float:
-    """When the watch delivered ``key`` holding ``image``."""
-    while True:
-        try:
-            arrived, got, value = events.get(timeout=TIMEOUT)
-        except queue.Empty:
-            raise SystemExit(
-                f"{key} with {image.decode()} not in etcd in {TIMEOUT:.0f} s"
-            ) from None
-        if got == key and image in value:
-            return arrived
-
-
 # -- the scheduler's passes, as the benchmark sees them -----------------------------------
 
 
@@ -330,7 +295,7 @@ def sample(
     hook = time.perf_counter() - posted
     if answer.status_code != 202:
         raise SystemExit(f"sample {n}: the webhook was answered {answer.status_code}")
-    synced = arrival(units, keys.UNITS + name, repo.image(i).encode())
+    synced = arrival(units, keys.UNITS + name, repo.image(i).encode(), f"change {name}")
     marker = f"{UNIT_PREFIX}:{name}:"
     while True:
         try:
@@ -393,7 +358,7 @@ def run(args: argparse.Namespace) -> list[Measurement]:
                 with (
                     leader(repo, store, etcd.endpoint, cache, args.stable, passes) as (daemon, url),
                     httpx.Client(base_url=url, timeout=TIMEOUT) as client,
-                    unit_events(store) as units,
+                    unit_events(store, time.perf_counter) as units,
                 ):
                     progress("setup: the new leader's first passes (adopting every fleet unit)")
                     wait_for(
