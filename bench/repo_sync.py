@@ -42,6 +42,7 @@ from pathlib import Path
 
 from bench.common import Measurement, bench_main, median, private_etcd, progress, timed
 from bench.fixtures import UNIT_DIR, UnitRepo, store_at
+from kaylee_sync.gcpause import collector_paused
 from kaylee_sync.plan.compute import make_plan
 from kaylee_sync.plan.model import Action, Plan
 from kaylee_sync.source import GitSource, SourceSettings
@@ -61,7 +62,8 @@ def cold_plan(settings: SourceSettings, store: Store) -> tuple[Plan, dict[str, f
     steps: dict[str, float] = {}
     cpu0 = _cpu()
     t0 = time.perf_counter()
-    with GitSource(settings) as source:
+    # the cyclic collector paused, as the daemon's sync and `kaylee-sync plan` pause it
+    with collector_paused(), GitSource(settings) as source:
         desired = source.desired(source.resolve())
         t1 = time.perf_counter()
         actual = read_actual(store)

@@ -327,3 +327,26 @@ def test_the_rules_hold_for_any_commit_and_etcd(
     assert plan.expired_suspensions == tuple(
         sorted(n for n, s in etcd.suspended.items() if s.expired(NOW))
     )
+
+
+def test_diffs_are_written_when_read_not_when_planned(monkeypatch: Any) -> None:
+    # A sync applies plans it never shows: pretty-printing every value of a plan of
+    # 10,000 creates was a third of a cold plan. The text appears when read, and is
+    # the diff of the entry's own values.
+    from kaylee_sync.plan import diffs
+
+    written: list[str] = []
+    real = diffs.unified_diff
+
+    def counted(old: str | None, new: str | None, old_label: str, new_label: str) -> str:
+        written.append(new_label)
+        return real(old, new, old_label, new_label)
+
+    monkeypatch.setattr(diffs, "unified_diff", counted)
+    state = desired(WEB, API, DB)
+    plan = make_plan(state, actual({}, {}), now=NOW)
+    assert written == []
+    e = entry(plan, "api")
+    assert e.diff == real(None, e.new_value, "etcd units/api", f"units/api.yaml @ {COMMIT[:7]}")
+    assert e.diff.startswith("--- etcd units/api\n") and len(written) == 1
+    assert e.diff and len(written) == 1  # written once

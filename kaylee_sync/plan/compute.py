@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from kaylee_sync.errors import SpecError
-from kaylee_sync.plan.diffs import unified_diff
+from kaylee_sync.plan.diffs import Diff
 from kaylee_sync.plan.effect import create_effect, delete_effect, update_effect
 from kaylee_sync.plan.model import (
     Action,
@@ -182,9 +182,9 @@ class _Planner:
 
     # -- labels and shared parts -------------------------------------------------------
 
-    def _diff(self, name: str, old: str | None, new: str | None, path: str, note: str = "") -> str:
+    def _diff(self, name: str, old: str | None, new: str | None, path: str, note: str = "") -> Diff:
         old_label = f"{self.actual.source} units/{name}"
-        return unified_diff(old, new, old_label, f"{path} @ {self.commit}{note}")
+        return Diff(old, new, old_label, f"{path} @ {self.commit}{note}")
 
     def _suspended(self, name: str, would: Action, entry: PlanEntry) -> PlanEntry:
         """``entry`` turned into the SUSPENDED entry it becomes while the unit is suspended."""
@@ -197,7 +197,7 @@ class _Planner:
             old_value=entry.old_value,
             new_value=entry.new_value,
             mod_revision=entry.mod_revision,
-            diff=entry.diff,
+            diff_source=entry.diff_source,
             effect=None,
         )
 
@@ -244,7 +244,7 @@ class _Planner:
             old_value=current.value if current else None,
             new_value=None,
             mod_revision=current.mod_revision if current else 0,
-            diff="",
+            diff_source="",
             effect=None,
             issues=tuple(issue for p in problems for issue in p.issues),
         )
@@ -286,7 +286,7 @@ class _Planner:
             old_value=old,
             new_value=unit.value,
             mod_revision=current.mod_revision if current else 0,
-            diff=self._policy_diff(name, current, unit)
+            diff_source=self._policy_diff(name, current, unit)
             if action == Action.POLICY and current is not None
             else self._diff(name, old, unit.value, unit.path),
             effect=effect,
@@ -296,9 +296,9 @@ class _Planner:
         )
         return self._suspended(name, action, entry) if name in self.suspended else entry
 
-    def _policy_diff(self, name: str, current: ActualUnit, unit: DesiredUnit) -> str:
+    def _policy_diff(self, name: str, current: ActualUnit, unit: DesiredUnit) -> Diff:
         old_label = f"{self.actual.source} policy/{name}"
-        return unified_diff(
+        return Diff(
             current.policy or None,
             unit.policy or None,
             old_label,
@@ -387,7 +387,7 @@ class _Planner:
             old_value=current.value,
             new_value=None,
             mod_revision=current.mod_revision,
-            diff=self._diff(name, current.value, None, inv.path, " (removed)"),
+            diff_source=self._diff(name, current.value, None, inv.path, " (removed)"),
             effect=delete_effect(current.value, name, self.prefix, self.generations.get(name, 0)),
             old_policy=current.policy,
             policy_revision=current.policy_revision,
@@ -403,7 +403,7 @@ class _Planner:
                 old_value=entry.old_value,
                 new_value=None,
                 mod_revision=entry.mod_revision,
-                diff=entry.diff,
+                diff_source=entry.diff_source,
                 effect=None,
             )
         return entry

@@ -9,6 +9,7 @@ These are plain frozen dataclasses so that every layer can share them without I/
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Collection, Mapping
 from collections.abc import Set as AbstractSet
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from kaylee_sync.errors import Issue
+from kaylee_sync.plan.diffs import Diff
 from kaylee_sync.spec.model import UnitSpec
 
 
@@ -173,7 +175,7 @@ class FleetEffect:
     new_units: tuple[str, ...] = ()  # fleet unit names that appear
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PlanEntry:
     name: str
     action: Action
@@ -182,7 +184,9 @@ class PlanEntry:
     old_value: str | None  # JSON in etcd now (None: absent)
     new_value: str | None  # JSON the commit wants (None: delete / invalid)
     mod_revision: int  # of units/<name> when read; 0 = absent (the apply guard)
-    diff: str  # unified diff of old vs new JSON, pretty-printed; "" when none
+    # the unified diff of old vs new JSON, pretty-printed: its text, or what makes it
+    # when first read (``diff``); "" when none
+    diff_source: str | Diff
     effect: FleetEffect | None
     issues: tuple[Issue, ...] = ()  # for INVALID
     # The rollout policy (policy/<name>), written with the spec in the same transaction.
@@ -190,11 +194,33 @@ class PlanEntry:
     new_policy: str = ""  # what the commit wants ("" = none)
     policy_revision: int = 0  # of policy/<name> when read; 0 = absent (the apply guard)
 
+    @functools.cached_property
+    def diff(self) -> str:
+        """The unified diff of old vs new JSON, pretty-printed; "" when none."""
+        source = self.diff_source
+        return source if isinstance(source, str) else source.text()
+
+    def __eq__(self, other: object) -> bool:
+        # every field, with the diff compared as text: a plan read back from JSON holds
+        # only the text, and must equal the plan it was written from
+        if not isinstance(other, PlanEntry):
+            return NotImplemented
+        mine = [getattr(self, f.name) for f in _ENTRY_FIELDS] + [self.diff]
+        theirs = [getattr(other, f.name) for f in _ENTRY_FIELDS] + [other.diff]
+        return mine == theirs
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.action, self.old_value, self.new_value))
+
     @property
     def policy_changes(self) -> bool:
         return self.action in (Action.CREATE, Action.UPDATE, Action.POLICY, Action.DELETE) and (
             self.old_policy != self.new_policy
         )
+
+
+# the fields an entry is compared by, besides its diff's text
+_ENTRY_FIELDS = tuple(f for f in dataclasses.fields(PlanEntry) if f.name != "diff_source")
 
 
 @dataclass(frozen=True)

@@ -285,7 +285,7 @@ class _Reader:
             old_value=self.text_or_none(data, "old_value", where),
             new_value=self.text_or_none(data, "new_value", where),
             mod_revision=self.integer(data, "mod_revision", where),
-            diff=self.text(data, "diff", where),
+            diff_source=self.text(data, "diff", where),
             effect=self.effect(data.get("effect"), f"{where}effect"),
             issues=self.issues(data, where),
             old_policy=self.policy(data, "old_policy", f"{where}old_policy"),
