@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> list[Measurement]:
     by_size: dict[int, list[Measurement]] = {}
     for units in sizes:
         progress(f"growth: {units:,} units")
-        options = argparse.Namespace(units=units, runs=args.runs, profile=False)
+        options = argparse.Namespace(units=units, runs=args.runs, profile=False, parse_workers=None)
         try:
             by_size[units] = repo_sync.run(options)
         except (KayleeError, SystemExit) as exc:  # e.g. an inventory over etcd's limit

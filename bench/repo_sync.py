@@ -122,24 +122,25 @@ def run(args: argparse.Namespace) -> list[Measurement]:
             with store_at(etcd.endpoint, "/profile") as store:
                 _profile(lambda: cold_plan(settings, store))
 
-        applies, batches = [], 0
+        # Each run applies, then writes the floor right after, so that a ratio compares
+        # two numbers of one moment; both with the collector paused, as the daemon's
+        # sync applies.
+        applies, floors, batches = [], [], 0
+        values = [(e.name, e.new_value) for e in plan.entries if e.action == Action.CREATE]
         for i in range(args.runs):
             with store_at(etcd.endpoint, f"/apply-{i}") as store:
                 actual = read_actual(store)
                 fence = lead(store)
-                done, t = timed(
-                    lambda: apply_plan(store, plan, actual.inventory, fence=fence)  # noqa: B023
-                )
+                with collector_paused():
+                    done, t = timed(
+                        lambda: apply_plan(store, plan, actual.inventory, fence=fence)  # noqa: B023
+                    )
                 if done.created != units or len(store.get_prefix(keys.UNITS)) != units:
                     raise SystemExit(f"full apply: expected {units} units, got {done}")
             batches = done.batches
             progress(f"full apply {i + 1}/{args.runs}: {t.wall:.3f} s ({batches} transactions)")
             applies.append(t.wall)
-
-        floors = []
-        values = [(e.name, e.new_value) for e in plan.entries if e.action == Action.CREATE]
-        for i in range(args.runs):
-            with store_at(etcd.endpoint, f"/floor-{i}") as store:
+            with store_at(etcd.endpoint, f"/floor-{i}") as store, collector_paused():
                 _, t = timed(lambda: floor(store, values))
             progress(f"floor {i + 1}/{args.runs}: {t.wall:.3f} s")
             floors.append(t.wall)

@@ -182,7 +182,11 @@ class _Planner:
 
     # -- labels and shared parts -------------------------------------------------------
 
-    def _diff(self, name: str, old: str | None, new: str | None, path: str, note: str = "") -> Diff:
+    def _diff(
+        self, name: str, old: str | None, new: str | None, path: str, note: str = ""
+    ) -> Diff | str:
+        if old == new:  # most entries of a plan: nothing to keep for them
+            return ""
         old_label = f"{self.actual.source} units/{name}"
         return Diff(old, new, old_label, f"{path} @ {self.commit}{note}")
 
