@@ -284,8 +284,7 @@ def sample(
     units: queue.Queue[tuple[float, str, bytes]], daemon: Daemon,
 ) -> Sample:  # fmt: skip
     name = unit_name(i)
-    # When the syncer last began a full sync (a private clock: only to label the sample).
-    full_at = daemon.syncer._full_at
+    fulls = daemon.syncer.full_syncs  # to label a sample that met a full sync
     repo.change(i)
     body = json.dumps({"ref": "refs/heads/main", "after": f"sample-{n}"}).encode()
     signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -308,7 +307,7 @@ def sample(
             break
     span = passes.containing(written)
     started = span[0] if span else passes.started or written
-    full = daemon.syncer._full_at != full_at
+    full = daemon.syncer.full_syncs != fulls
     return Sample(
         written - posted, synced - posted, written - started, started - synced, hook, full
     )

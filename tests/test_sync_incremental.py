@@ -240,6 +240,7 @@ def test_incremental_and_full_syncs_reach_identical_etcd_state(
         assert a.ok, f"{where}: {a.error}"
     # The test means something only if most syncs were incremental, and none of the full ones.
     assert inc.syncer.incremental_syncs >= STEPS // 3, inc.syncer.incremental_syncs
-    assert full.syncer.incremental_syncs == 0
+    assert full.syncer.incremental_syncs == 0 and full.syncer.full_syncs == STEPS
+    assert inc.syncer.incremental_syncs + inc.syncer.full_syncs == STEPS  # every sync planned
     # ... and most of those learned what changed from the watch, not from a range read.
     assert inc.syncer.view.watched_reads >= STEPS // 4, inc.syncer.view.watched_reads

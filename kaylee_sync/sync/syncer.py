@@ -106,6 +106,7 @@ class Syncer:
         self._previous: Plan | None = None
         self._full_at = -math.inf  # when the last full sync started (self.clock)
         self.incremental_syncs = 0  # how many syncs were planned incrementally (tests, metrics)
+        self.full_syncs = 0  # how many planned everything (tests, benchmarks)
         # What the last attempt reported about invalid files: the same complaint is
         # logged once, not at every poll while the commit stays the same.
         self._last_complaints: tuple[object, ...] = ()
@@ -189,6 +190,7 @@ class Syncer:
             touched = None if files is None or keys_changed is None else files | keys_changed
             if touched is None:
                 self._full_at = started
+                self.full_syncs += 1
             else:
                 self.incremental_syncs += 1
             plan = make_plan(
