@@ -45,6 +45,10 @@ from kaylee_sync.sync.inventory import FORMAT_VERSION
 log = logging.getLogger(__name__)
 
 
+class _Doubt(Exception):
+    """The watch cannot say what changed: the view reads everything."""
+
+
 class EtcdView:
     """The keyspace of one :class:`Store`, read in full once and then by difference."""
 
@@ -105,12 +109,13 @@ class EtcdView:
         """The keys written since the last read, latest last; None if some were deleted
         (or the view cannot tell)."""
         if self._watch is not None:
-            watched = self._watched(fence)
+            try:
+                watched = self._watched(fence)
+            except _Doubt:
+                return None  # the watch failed or saw a deletion: read everything
             if watched is not None:
                 self.watched_reads += 1
                 return watched
-            if self._space is None:
-                return None  # the watch failed or saw a deletion: read everything
         changed, count, revision = self.store.read_since(self._revision)
         new = sum(1 for stored in changed if stored.key not in space.present)
         if len(space.present) + new != count:
@@ -130,7 +135,8 @@ class EtcdView:
 
     def _watched(self, fence: Compare | None) -> list[StoredValue] | None:
         """The changes the watch delivered up to a fresh mark; None if the mark could not
-        be written or did not arrive (the watch is then dropped)."""
+        be written (a range read then tells); :class:`_Doubt` if the watch failed or
+        delivered a deletion. Either way the watch is dropped."""
         assert self._watch is not None
         self._marks += 1
         mark = f"{self._token}:{self._marks}".encode()
@@ -145,13 +151,11 @@ class EtcdView:
             )
         except StoreError as exc:
             log.info("the sync's watch failed (%s); reading etcd in full", exc)
-            self._space = None
             self._unwatch()
-            return None
+            raise _Doubt from exc
         if any(event.type == "delete" for event in events):
-            self._space = None  # deletions are not patched in
             self._unwatch()
-            return None
+            raise _Doubt  # deletions are not patched in
         self._revision = events[-1].mod_revision
         return [StoredValue(e.key, e.value, e.mod_revision, 0) for e in events]
 
