@@ -356,16 +356,14 @@ class GitSource:
         return claims
 
     def _read_commit(self, commands: GitCommands, commit: git.Commit) -> Claims:
-        self._tree_ids(commit)  # remembered for the next, incremental, read
-        tree = self._unit_tree(commit)
+        tree, root = self._tree_ids(commit)  # also remembered for the next, incremental, read
         if tree is None:
             return Claims()
-        root = commit.tree
-        claims = self._remembered(tree.hexsha, root.hexsha)
+        claims = self._remembered(tree, root)
         if claims is not None:
             return claims
-        results, has_links = self._tree_results(commands, root, tree.hexsha)
-        return self._remember(tree.hexsha, root.hexsha if has_links else None, Claims.of(results))
+        results, has_links = self._tree_results(commands, commit.tree, tree)
+        return self._remember(tree, root if has_links else None, Claims.of(results))
 
     def _read_change(
         self, commands: GitCommands, since: str, commit: git.Commit
